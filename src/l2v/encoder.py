@@ -1,0 +1,501 @@
+"""The encoder: tokenise (with instruction masks), batch by token budget, encode, save and load.
+
+Nothing here knows about training or the CLI; the trainer, the evaluator, the server and the CLI all encode
+through :class:`Encoder`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .bidirectional import attention_state, is_bidirectional, model_family, model_inputs, set_attention
+from .errors import L2VError, ModelNotFoundError
+from .fileio import atomic_dir
+from .pooling import build_pooling, canonical_pooling
+from .registry import resolve
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "l2v_config.json"
+POOLING_WEIGHTS = "pooling.safetensors"
+ADAPTER_DIR = "adapter"
+PRECISIONS = ("float32", "float16", "int8", "binary", "ubinary")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class EncoderConfig:
+    """What ``l2v_config.json`` holds: enough to rebuild the encoder from the folder alone."""
+
+    base_model: str  # built-in name, hub id, absolute folder, or "." when the full weights are in the folder
+    pooling: str = "mean"
+    pooling_options: dict = field(default_factory=dict)
+    bidirectional: bool = True
+    max_length: int = 512
+    instruction_format: str = "{instruction}"  # applied to each instruction before tokenising it
+    adapters: str | None = None  # sub-folder with peft LoRA adapters, if any
+    l2v_version: str = __version__
+
+    @classmethod
+    def from_file(cls, path: Path) -> "EncoderConfig":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise L2VError(f"{path}: cannot read encoder config ({error})") from None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise L2VError(f"{path}: unknown keys {sorted(unknown)}")
+        if "base_model" not in data:
+            raise L2VError(f"{path}: missing 'base_model'")
+        return cls(**data)
+
+
+@dataclass
+class Tokenized:
+    """One text as token ids plus which of them are pooled (text tokens, not instruction or special tokens)."""
+
+    input_ids: list[int]
+    pooling_mask: list[int]
+    truncated: bool = False
+
+
+class Encoder(torch.nn.Module):
+    """A decoder LLM used as a text encoder (LLM2Vec). ``Encoder.from_pretrained(...).encode(texts)``."""
+
+    def __init__(self, model, tokenizer, config: EncoderConfig, pooling: torch.nn.Module | None = None, source: str = ""):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.source = source or config.base_model
+        hidden_size = _hidden_size(model)
+        self.pooling = pooling if pooling is not None else build_pooling(config.pooling, hidden_size, config.pooling_options)
+        self.padding_side = "right"
+        self.last_truncated = 0  # how many texts the last encode()/tokenize() call truncated
+        self._instruction_cache: dict[str, list[int]] = {}
+        self._prefix, self._suffix = self._special_tokens()
+        placeholder = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+        self._placeholder_id = int(placeholder if placeholder is not None else 0)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        adapters: str | None = None,
+        pooling: str | None = None,
+        max_length: int | None = None,
+        bidirectional: bool | None = None,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device | None = None,
+        attn_implementation: str | None = None,
+        merge_adapters: bool = False,
+        pooling_options: dict | None = None,
+        instruction_format: str | None = None,
+        verify_bidirectional: bool = True,
+        trust_remote_code: bool = False,
+    ) -> "Encoder":
+        """Load a built-in name, a Hugging Face id or folder, or a saved l2v encoder folder.
+
+        Arguments left at ``None`` take the saved encoder's value, else the defaults (mean pooling, 512 tokens,
+        bidirectional). ``adapters`` is a peft LoRA folder applied on top (``merge_adapters`` folds it in).
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        saved = None
+        resolved = resolve(model)
+        folder = Path(resolved.location)
+        if (folder / CONFIG_NAME).exists():
+            saved = EncoderConfig.from_file(folder / CONFIG_NAME)
+        if saved is not None and saved.base_model != ".":
+            base = resolve(saved.base_model)
+            weights_location, local_only, source = base.location, base.local_files_only, f"{resolved.source} on {base.source}"
+        else:
+            weights_location, local_only, source = resolved.location, resolved.local_files_only, resolved.source
+        config = EncoderConfig(
+            base_model=saved.base_model if saved else (resolved.location if resolved.builtin is None else str(model)),
+            pooling=canonical_pooling(pooling or (saved.pooling if saved else "mean")),
+            pooling_options=dict(pooling_options if pooling_options is not None else (saved.pooling_options if saved else {})),
+            bidirectional=bool(bidirectional if bidirectional is not None else (saved.bidirectional if saved else True)),
+            max_length=int(max_length or (saved.max_length if saved else 512)),
+            instruction_format=instruction_format or (saved.instruction_format if saved else "{instruction}"),
+        )
+        if config.max_length < 2:
+            raise L2VError(f"max_length must be at least 2, got {config.max_length}")
+        if "{instruction}" not in config.instruction_format:
+            raise L2VError(f"instruction_format must contain '{{instruction}}', got {config.instruction_format!r}")
+        torch_dtype, device = _choose_dtype_and_device(dtype, device)
+        load_kwargs = dict(dtype=torch_dtype, local_files_only=local_only, trust_remote_code=trust_remote_code)
+        if attn_implementation:
+            load_kwargs["attn_implementation"] = attn_implementation
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the LM head a backbone does not use is expected, not news
+        hf_logging.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                weights_location if saved is None or saved.base_model != "." else folder,
+                local_files_only=local_only,
+                trust_remote_code=trust_remote_code,
+            )
+            backbone = AutoModel.from_pretrained(weights_location, **load_kwargs)
+        except OSError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelNotFoundError(f"cannot load model {model!r} from {source}: {first_line}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        adapter_folders = []
+        if saved is not None and saved.adapters:
+            adapter_folders.append(folder / saved.adapters)
+        if adapters:
+            adapter_folders.append(Path(adapters))
+        for index, adapter_folder in enumerate(adapter_folders):
+            backbone = _apply_adapters(backbone, adapter_folder, merge=merge_adapters or index < len(adapter_folders) - 1)
+        backbone.to(device)
+        backbone.eval()
+        set_attention(backbone, config.bidirectional, verify=verify_bidirectional)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+        pooling_module = build_pooling(config.pooling, _hidden_size(backbone), config.pooling_options)
+        if saved is not None and (folder / POOLING_WEIGHTS).exists():
+            from safetensors.torch import load_file
+
+            pooling_module.load_state_dict(load_file(folder / POOLING_WEIGHTS))
+        pooling_module.to(device=device)
+        encoder = cls(backbone, tokenizer, config, pooling_module, source=source)
+        encoder.eval()
+        return encoder
+
+    # ------------------------------------------------------------------ tokenising
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer wraps a text in (e.g. BOS), found by tokenising a probe both ways."""
+        tokenizer = self.tokenizer
+        probe = "l2v probe text"
+        with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
+        plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        prefix, suffix = [], []
+        for start in range(len(with_special) - len(plain) + 1):
+            if with_special[start : start + len(plain)] == plain:
+                prefix, suffix = with_special[:start], with_special[start + len(plain) :]
+                break
+        if self.config.pooling == "bos_token":
+            if tokenizer.bos_token_id is None:
+                raise L2VError("pooling 'bos_token' needs a tokenizer with a BOS token; this one has none")
+            if tokenizer.bos_token_id not in prefix:
+                prefix = [tokenizer.bos_token_id] + prefix
+        if self.config.pooling == "eos_token":
+            if tokenizer.eos_token_id is None:
+                raise L2VError("pooling 'eos_token' needs a tokenizer with an EOS token; this one has none")
+            if not suffix or suffix[-1] != tokenizer.eos_token_id:
+                suffix = suffix + [tokenizer.eos_token_id]
+        return prefix, suffix
+
+    def _instruction_ids(self, instruction: str) -> list[int]:
+        if instruction not in self._instruction_cache:
+            text = self.config.instruction_format.format(instruction=instruction)
+            self._instruction_cache[instruction] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._instruction_cache[instruction]
+
+    def tokenize(self, items: Sequence, instruction: str | None = None) -> list[Tokenized]:
+        """Tokenise texts or ``(instruction, text)`` pairs. Instruction and text are tokenised separately and their
+        ids concatenated, so the pooling mask is exact: no separator string, no re-tokenising."""
+        pairs = _normalise_items(items, instruction)
+        texts = [text for _, text in pairs]
+        text_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        budget = self.config.max_length - len(self._prefix) - len(self._suffix)
+        result, truncated = [], 0
+        for index, ((instr, _), ids) in enumerate(zip(pairs, text_ids)):
+            instr_ids = self._instruction_ids(instr) if instr else []
+            room = budget - len(instr_ids)
+            if room < 1:
+                raise L2VError(
+                    f"input {index}: the instruction takes {len(instr_ids)} tokens, leaving no room for the text "
+                    f"within max_length={self.config.max_length}"
+                )
+            cut = len(ids) > room
+            truncated += cut
+            ids = ids[:room]
+            if not ids:
+                # An empty text has no tokens to pool: it is encoded as one placeholder token (EOS, else pad).
+                ids = [self._placeholder_id]
+            input_ids = self._prefix + instr_ids + ids + self._suffix
+            pool = [0] * (len(self._prefix) + len(instr_ids)) + [1] * len(ids) + [0] * len(self._suffix)
+            result.append(Tokenized(input_ids, pool, cut))
+        self.last_truncated = truncated
+        return result
+
+    def collate(self, batch: Sequence[Tokenized], padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise L2VError(f"padding_side must be 'left' or 'right', got {side!r}")
+        length = max(len(item.input_ids) for item in batch)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), length), dtype=torch.long)
+        pool = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, item in enumerate(batch):
+            n = len(item.input_ids)
+            span = slice(0, n) if side == "right" else slice(length - n, length)
+            ids[row, span] = torch.tensor(item.input_ids)
+            attention[row, span] = 1
+            pool[row, span] = torch.tensor(item.pooling_mask)
+        return {"input_ids": ids, "attention_mask": attention, "pooling_mask": pool}
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        output = self.model(**model_inputs(self.model, input_ids, attention_mask))
+        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embeddings (with gradients when training) for a collated batch."""
+        device = self.device
+        input_ids = features["input_ids"].to(device)
+        attention_mask = features["attention_mask"].to(device)
+        pooling_mask = features.get("pooling_mask", features["attention_mask"]).to(device)
+        hidden = self.token_states(input_ids, attention_mask)
+        return self.pooling(hidden, pooling_mask, attention_mask)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        texts,
+        batch_size: int = 32,
+        max_tokens_per_batch: int | None = 16384,
+        normalize: bool = True,
+        show_progress: bool = False,
+        instruction: str | None = None,
+        precision: str = "float32",
+        truncate_dim: int | None = None,
+        convert_to: str = "numpy",
+        quantization_ranges: np.ndarray | None = None,
+    ):
+        """Encode texts (or ``(instruction, text)`` pairs) into one row each, in input order.
+
+        Batches are formed from length-sorted texts under ``batch_size`` and ``max_tokens_per_batch`` (padded
+        tokens); a text's embedding does not depend on which batch it lands in.
+        ``truncate_dim`` keeps the first dimensions (Matryoshka) before normalising. ``precision``: float32,
+        float16, int8 (scaled from [-1, 1] when normalised, else from ``quantization_ranges`` [2, dim]),
+        binary (packed bits as int8, offset -128) or ubinary (packed bits as uint8).
+        """
+        if precision not in PRECISIONS:
+            raise L2VError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if convert_to not in ("numpy", "torch"):
+            raise L2VError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        if batch_size < 1:
+            raise L2VError(f"batch_size must be at least 1, got {batch_size}")
+        single = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2 and all(isinstance(x, str) for x in texts))
+        items = [texts] if single else list(texts)
+        tokenized = self.tokenize(items, instruction=instruction)
+        truncated = self.last_truncated
+        hidden_size = _hidden_size(self.model)
+        if truncate_dim is not None and not 1 <= truncate_dim <= hidden_size:
+            raise L2VError(f"truncate_dim must be between 1 and {hidden_size}, got {truncate_dim}")
+        dim = truncate_dim or hidden_size
+        output = torch.empty((len(tokenized), dim), dtype=torch.float32)
+        batches = list(_token_budget_batches([len(t.input_ids) for t in tokenized], batch_size, max_tokens_per_batch))
+        was_training = self.training
+        self.eval()
+        progress = tqdm(total=len(tokenized), desc="Encoding", unit="text", disable=not show_progress)
+        try:
+            with torch.inference_mode():
+                for batch_indices in batches:
+                    features = self.collate([tokenized[i] for i in batch_indices])
+                    embeddings = self.forward(features).float()[:, :dim]
+                    if normalize:
+                        embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
+                    output[torch.tensor(batch_indices)] = embeddings.cpu()
+                    progress.update(len(batch_indices))
+        finally:
+            progress.close()
+            self.train(was_training)
+        self.last_truncated = truncated
+        if truncated:
+            logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated", truncated, len(items), self.config.max_length)
+        result = _quantize(output.numpy(), precision, normalize, quantization_ranges)
+        if single:
+            result = result[0]
+        return torch.from_numpy(result) if convert_to == "torch" else result
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | Path, merge_adapters: bool = False, save_base_weights: bool = False, overwrite: bool = False) -> Path:
+        """Write a self-describing encoder folder (safetensors only), atomically.
+
+        With LoRA adapters the folder holds just the adapters and a reference to the base model, unless
+        ``merge_adapters``; with ``save_base_weights`` (or a base that is not re-loadable by name) the full
+        backbone weights are written too.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        model = self.model
+        has_adapters = hasattr(model, "peft_config")
+        config = EncoderConfig(**{**asdict(self.config), "l2v_version": __version__, "adapters": None})
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            if has_adapters and not merge_adapters:
+                model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
+                config.adapters = ADAPTER_DIR
+                if save_base_weights:
+                    raise L2VError("save_base_weights with unmerged adapters is ambiguous; pass merge_adapters=True")
+            else:
+                if has_adapters:
+                    model = _merged_copy(model)
+                if save_base_weights or has_adapters:
+                    model.save_pretrained(tmp, safe_serialization=True)
+                    config.base_model = "."
+            self.tokenizer.save_pretrained(tmp)
+            pooling_state = {k: v.detach().cpu().contiguous() for k, v in self.pooling.state_dict().items()}
+            if pooling_state:
+                save_file(pooling_state, str(tmp / POOLING_WEIGHTS))
+            (tmp / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    # ------------------------------------------------------------------ description
+    def info(self) -> dict:
+        state = attention_state(self.model)
+        backbone = self.model
+        holds = is_bidirectional(backbone) if state.bidirectional else False
+        return {
+            "family": model_family(backbone),
+            "architecture": type(backbone).__name__,
+            "parameters": sum(p.numel() for p in backbone.parameters()),
+            "hidden_size": _hidden_size(backbone),
+            "layers": getattr(getattr(backbone, "config", None), "num_hidden_layers", None),
+            "bidirectional_requested": self.config.bidirectional,
+            "bidirectional_verified": holds,
+            "attention_mode": state.mode,
+            "attn_implementation": getattr(backbone.config, "_attn_implementation", None),
+            "pooling": self.config.pooling,
+            "max_length": self.config.max_length,
+            "dtype": str(next(backbone.parameters()).dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "loaded_from": self.source,
+        }
+
+
+LLM2Vec = Encoder  # the name users of the official package know
+
+
+# ---------------------------------------------------------------------- helpers
+def _hidden_size(model) -> int:
+    config = model.config
+    for name in ("hidden_size", "d_model", "n_embd"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return int(model.get_input_embeddings().embedding_dim)
+
+
+def _choose_dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device]:
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(dtype, torch.dtype):
+        torch_dtype = dtype
+    elif dtype == "auto":
+        if device.type == "cuda":
+            torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            torch_dtype = torch.float32
+    elif dtype in DTYPES:
+        torch_dtype = DTYPES[dtype]
+    else:
+        raise L2VError(f"unknown dtype {dtype!r}; choose one of: auto, {', '.join(DTYPES)}")
+    if torch_dtype == torch.float16 and device.type == "cpu":
+        warnings.warn("float16 compute is not supported well on CPU; using float32 (bfloat16 works on CPU)")
+        torch_dtype = torch.float32
+    return torch_dtype, device
+
+
+def _normalise_items(items: Sequence, instruction: str | None) -> list[tuple[str, str]]:
+    if instruction is not None and not isinstance(instruction, str):
+        raise L2VError(f"instruction must be a string, got {type(instruction).__name__}")
+    pairs = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            pairs.append((instruction or "", item))
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            pairs.append((item[0], item[1]))
+        else:
+            raise L2VError(
+                f"input {index} must be a string or an (instruction, text) pair of strings, got {type(item).__name__}: {item!r:.80}"
+            )
+    return pairs
+
+
+def _token_budget_batches(lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterable[list[int]]:
+    """Longest first, so the first batch shows the peak memory; a batch's padded size stays under the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for index in order:
+        longest = lengths[batch[0]] if batch else lengths[index]
+        if batch and (len(batch) >= batch_size or (max_tokens and longest * (len(batch) + 1) > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def _quantize(embeddings: np.ndarray, precision: str, normalized: bool, ranges) -> np.ndarray:
+    if precision == "float32":
+        return embeddings
+    if precision == "float16":
+        return embeddings.astype(np.float16)
+    if precision == "int8":
+        if ranges is None:
+            if not normalized:
+                raise L2VError("int8 output of unnormalised embeddings needs quantization_ranges (2 x dim: min, max)")
+            low, high = -1.0, 1.0
+        else:
+            ranges = np.asarray(ranges, dtype=np.float32)
+            if ranges.shape != (2, embeddings.shape[1]):
+                raise L2VError(f"quantization_ranges must have shape (2, {embeddings.shape[1]}), got {ranges.shape}")
+            low, high = ranges[0], ranges[1]
+        scaled = (embeddings - low) / np.maximum(high - low, 1e-12) * 255.0 - 128.0
+        return np.clip(np.rint(scaled), -128, 127).astype(np.int8)
+    packed = np.packbits(embeddings > 0, axis=-1)
+    if precision == "ubinary":
+        return packed
+    return (packed.astype(np.int16) - 128).astype(np.int8)
+
+
+def _apply_adapters(backbone, folder: Path, merge: bool):
+    from peft import PeftModel
+
+    if not (folder / "adapter_config.json").exists():
+        raise ModelNotFoundError(f"adapter folder {folder} has no adapter_config.json")
+    if (folder / "adapter_model.bin").exists() and not (folder / "adapter_model.safetensors").exists():
+        raise L2VError(f"{folder}: adapters are stored as a pickle (adapter_model.bin); l2v loads safetensors only")
+    model = PeftModel.from_pretrained(backbone, str(folder))
+    return model.merge_and_unload() if merge else model
+
+
+def _merged_copy(peft_model):
+    import copy
+
+    return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def load(model: str, **kwargs) -> Encoder:
+    return Encoder.from_pretrained(model, **kwargs)
+
+
+def encode(texts, model: str = "smollm2-135m", **kwargs):
+    """One-shot helper: ``l2v.encode(["a", "b"], model="smollm2-135m")``."""
+    encode_keys = {"batch_size", "max_tokens_per_batch", "normalize", "show_progress", "instruction", "precision", "truncate_dim", "convert_to"}
+    encode_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in encode_keys}
+    return Encoder.from_pretrained(model, **kwargs).encode(texts, **encode_kwargs)

@@ -1,0 +1,130 @@
+"""Atomic writes and input readers shared by the CLI and the library.
+
+Everything a user computed is written to a temporary file in the destination folder and renamed into
+place, so a crash never leaves a half-written output under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputFileError
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``destination``; rename it onto ``destination`` on success."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, destination)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(destination: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``destination``; rename it onto ``destination`` on success."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder should read like any other
+    try:
+        yield tmp
+        if destination.exists():
+            if not overwrite:
+                raise FileExistsError(f"{destination} already exists")
+            old = destination.with_name(f".{destination.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(destination, old)
+            os.replace(tmp, destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, destination)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_npy_atomic(array: np.ndarray, destination: str | os.PathLike) -> None:
+    with atomic_path(destination) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_json_atomic(obj, destination: str | os.PathLike) -> None:
+    with atomic_path(destination) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decode_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise InputFileError(f"input file not found: {path}")
+    if path.is_dir():
+        raise InputFileError(f"input path is a folder, not a file: {path}")
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":  # a final newline ends the last line; it does not start a new one
+        lines.pop()
+    decoded = []
+    for number, line in enumerate(lines, start=1):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            decoded.append(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise InputFileError(
+                f"{path}: line {number} is not valid UTF-8 (byte {error.start}: {line[error.start:error.start + 1]!r})"
+            ) from None
+    return decoded
+
+
+def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
+    """Read texts from ``.txt`` (one per line, empty lines kept) or ``.jsonl`` (``{"text": ...}`` per line)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in {".txt", ".jsonl"}:
+        raise InputFileError(f"{path}: unsupported input format {suffix or '(no extension)'!r}; use .txt or .jsonl")
+    lines = _decode_lines(path)
+    if suffix == ".txt":
+        return lines
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise InputFileError(f"{path}: line {number} is empty; every JSONL line must be an object with {field!r}")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputFileError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict) or field not in record:
+            raise InputFileError(f"{path}: line {number} has no {field!r} field")
+        if not isinstance(record[field], str):
+            raise InputFileError(
+                f"{path}: line {number}: {field!r} must be a string, got {type(record[field]).__name__}"
+            )
+        texts.append(record[field])
+    return texts
