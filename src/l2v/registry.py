@@ -106,6 +106,9 @@ def _convert(spec: BuiltinModel, package_dir: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import sys
+
+    print(f"l2v: converting built-in model {spec.name} from its GGUF file once, into {target}", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}-gguf.", dir=target.parent))
     try:
