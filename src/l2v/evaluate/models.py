@@ -1,0 +1,161 @@
+"""What the evaluator encodes with: an l2v :class:`~l2v.encoder.Encoder`, or a sentence-transformers model as a
+baseline (for example the built-in ``minilm-l6``). Both expose the same small interface, and both go through the
+embedding cache, so a text is encoded once per model whatever tasks share it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..encoder import Encoder
+from ..registry import resolve
+from .cache import EmbeddingCache
+
+
+def _weights_signature(folder: Path) -> list:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in {".safetensors", ".json"}
+    )
+
+
+class EvalModel:
+    """A named encoder with ``encode(texts, instruction)`` and ``token_states(words)`` for the word-level probes."""
+
+    def __init__(self, name: str, backend, kind: str, fingerprint: str, cache: EmbeddingCache | None, batch_size: int = 32):
+        self.name, self.backend, self.kind = name, backend, kind
+        self.fingerprint, self.cache, self.batch_size = fingerprint, cache, batch_size
+        self.encoded_texts = 0  # texts actually run through the model (cache misses)
+
+    @classmethod
+    def load(cls, model: str, cache_dir: str | Path | None = None, batch_size: int = 32, **encoder_kwargs) -> "EvalModel":
+        resolved = resolve(model)
+        folder = Path(resolved.location)
+        cache = EmbeddingCache(cache_dir) if cache_dir else None
+        if resolved.kind == "sentence-transformers":
+            from sentence_transformers import SentenceTransformer
+
+            backend = SentenceTransformer(str(folder), device="cuda" if torch.cuda.is_available() else "cpu")
+            description = {"kind": "sentence-transformers", "weights": _weights_signature(folder)}
+            kind = "sentence-transformers"
+        else:
+            backend = Encoder.from_pretrained(model, **encoder_kwargs)
+            description = {
+                "kind": "l2v",
+                "config": {k: v for k, v in backend.config.__dict__.items() if k != "l2v_version"},
+                "source": backend.source if resolved.builtin is None else resolved.builtin.gguf_sha256,
+                "weights": _weights_signature(folder) if resolved.builtin is None else [],
+                "dtype": str(next(backend.model.parameters()).dtype),
+                "adapters": encoder_kwargs.get("adapters"),
+            }
+            kind = "l2v"
+        fingerprint = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return cls(model, backend, kind, fingerprint, cache, batch_size)
+
+    # --------------------------------------------------------------- sentence embeddings
+    def _encode_uncached(self, texts: list[str], instruction: str) -> np.ndarray:
+        self.encoded_texts += len(texts)
+        if self.kind == "sentence-transformers":
+            prompt = instruction or None
+            return np.asarray(
+                self.backend.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, prompt=prompt, convert_to_numpy=True),
+                dtype=np.float32,
+            )
+        return self.backend.encode(texts, batch_size=self.batch_size, normalize=True, instruction=instruction or None)
+
+    def encode(self, texts: list[str], instruction: str = "") -> np.ndarray:
+        """L2-normalised float32 embeddings, one row per text; distinct texts are encoded once."""
+        distinct = list(dict.fromkeys(texts))
+        if self.cache is not None:
+            found = self.cache.get_many(self.fingerprint, instruction, distinct)
+            missing = [t for t in distinct if t not in found]
+            if missing:
+                vectors = self._encode_uncached(missing, instruction)
+                self.cache.put_many(self.fingerprint, instruction, missing, vectors)
+                found.update(zip(missing, vectors))
+        else:
+            found = dict(zip(distinct, self._encode_uncached(distinct, instruction))) if distinct else {}
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack([found[t] for t in texts]).astype(np.float32)
+
+    @property
+    def dimension(self) -> int:
+        if self.kind == "sentence-transformers":
+            return int(self.backend.get_sentence_embedding_dimension())
+        return int(self.backend.model.config.hidden_size)
+
+    # --------------------------------------------------------------- token states
+    def _backbone_and_tokenizer(self):
+        if self.kind == "sentence-transformers":
+            transformer = self.backend[0]
+            return transformer.auto_model, transformer.tokenizer
+        return self.backend.model, self.backend.tokenizer
+
+    def word_features(self, sentences: list[list[str]], layer: int = -1, subword: str = "mean",
+                      read_previous: bool = False, batch_size: int = 16) -> list[np.ndarray]:
+        """One vector per word: the chosen layer's token states, averaged over a word's sub-tokens (``mean``) or
+        taken at its first sub-token (``first``). With ``read_previous`` a word is read from the position before
+        its first sub-token, as for MNTP-trained models, which predict token i at position i-1."""
+        from ..bidirectional import model_inputs
+
+        model, tokenizer = self._backbone_and_tokenizer()
+        specials = tokenizer("x", add_special_tokens=True)["input_ids"]
+        plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+        prefix = specials[: specials.index(plain[0])] if plain and plain[0] in specials else []
+        suffix = specials[len(prefix) + len(plain):]
+        flat = [(" " + w) if j else w for s in sentences for j, w in enumerate(s)]
+        flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        max_length = getattr(tokenizer, "model_max_length", 512)
+        max_length = 512 if not max_length or max_length > 100_000 else max_length
+        examples, cursor = [], 0
+        for words in sentences:
+            ids, spans = list(prefix), []
+            for piece in flat_ids[cursor: cursor + len(words)]:
+                piece = piece or [tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0]
+                spans.append((len(ids), len(ids) + len(piece)))
+                ids.extend(piece)
+            cursor += len(words)
+            ids = (ids + suffix)[:max_length]
+            examples.append((ids, spans))
+        order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+        result: list[np.ndarray | None] = [None] * len(examples)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start: start + batch_size]
+                length = max(len(examples[i][0]) for i in batch)
+                ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, i in enumerate(batch):
+                    ids[row, : len(examples[i][0])] = torch.tensor(examples[i][0])
+                    mask[row, : len(examples[i][0])] = 1
+                if self.kind == "l2v":
+                    output = model(**model_inputs(model, ids.to(device), mask.to(device)), output_hidden_states=True)
+                else:
+                    output = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+                states = output.hidden_states[layer].float().cpu()
+                for row, i in enumerate(batch):
+                    n_tokens = len(examples[i][0])
+                    vectors = []
+                    for begin, end in examples[i][1]:
+                        if read_previous:
+                            position = max(begin - 1, 0)
+                            vectors.append(states[row, min(position, n_tokens - 1)])
+                        elif begin >= n_tokens:  # truncated away: use the last state we have
+                            vectors.append(states[row, n_tokens - 1])
+                        elif subword == "first":
+                            vectors.append(states[row, begin])
+                        else:
+                            vectors.append(states[row, begin: min(end, n_tokens)].mean(0))
+                    result[i] = torch.stack(vectors).numpy()
+        return result  # type: ignore[return-value]
