@@ -20,22 +20,24 @@ from ..fileio import _decode_lines
 
 
 def read_tsv(path: str | Path, columns: list[str]) -> list[list[str]]:
-    """Rows of a headed TSV with exactly ``columns`` (in that order); errors name the line."""
+    """The ``columns`` of a headed TSV, in that order (other columns are ignored); errors name the line."""
     path = Path(path)
     lines = _decode_lines(path)
     if not lines:
         raise InputFileError(f"{path}: empty file; expected a header line: {chr(9).join(columns)}")
     header = lines[0].split("\t")
-    if header != columns:
-        raise InputFileError(f"{path}: line 1: header is {header}, expected {columns}")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise InputFileError(f"{path}: line 1: header {header} has no column {missing[0]!r} (needs {columns})")
+    index = [header.index(c) for c in columns]
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) != len(columns):
-            raise InputFileError(f"{path}: line {number}: expected {len(columns)} TAB-separated fields, found {len(fields)}")
-        rows.append(fields)
+        if len(fields) != len(header):
+            raise InputFileError(f"{path}: line {number}: expected {len(header)} TAB-separated fields, found {len(fields)}")
+        rows.append([fields[i] for i in index])
     if not rows:
         raise InputFileError(f"{path}: no data rows after the header")
     return rows

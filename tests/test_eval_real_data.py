@@ -1,0 +1,51 @@
+"""Evaluation on the real shared data sets (../shared/data, or $L2V_DATA). CI has them; on a machine without
+them these tests are skipped, except under CI=true, where a missing data folder is a failure."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from l2v.evaluate import EvalModel
+from l2v.evaluate.data import read_beir, read_conll_jsonl, read_sts
+from l2v.evaluate.sts import evaluate_sts
+
+DATA = Path(os.environ.get("L2V_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="module")
+def data() -> Path:
+    if not (DATA / "sts" / "stsb_test.tsv").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {DATA} (set L2V_DATA)")
+        pytest.skip(f"shared data not found at {DATA} (set L2V_DATA)")
+    return DATA
+
+
+def test_loaders_give_the_documented_sizes(data):
+    assert len(read_sts(data / "sts" / "stsb_test.tsv").scores) == 1379
+    assert len(read_sts(data / "sts" / "sickr_test.tsv").scores) == 4927
+    conll = read_conll_jsonl(data / "word_level" / "conll2003_test.jsonl")
+    assert len(conll) == 3453 and sum(len(s.tokens) for s in conll) == 46435
+    assert len(read_beir(data / "retrieval" / "scifact", "test").queries) == 300
+
+
+@pytest.mark.slow
+def test_minilm_stsb_reproduces_82_and_equals_mteb(data):
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from mteb_reference import mteb_sts_spearman
+    from sentence_transformers import SentenceTransformer
+
+    model = EvalModel.load("minilm-l6")
+    ours = evaluate_sts(model, data / "sts" / "stsb_test.tsv")["cosine_spearman"]
+    assert ours == pytest.approx(82.0, abs=0.3)
+    sts = read_sts(data / "sts" / "stsb_test.tsv")
+    theirs = mteb_sts_spearman(SentenceTransformerEncoderWrapper(SentenceTransformer(model_folder())),
+                               sts.sentences1, sts.sentences2, sts.scores)
+    assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+def model_folder() -> str:
+    from l2v.registry import resolve
+
+    return resolve("minilm-l6").location
