@@ -34,6 +34,7 @@ class EvalModel:
         self.name, self.backend, self.kind = name, backend, kind
         self.fingerprint, self.cache, self.batch_size = fingerprint, cache, batch_size
         self.encoded_texts = 0  # texts actually run through the model (cache misses)
+        self._word_features: dict[str, list[np.ndarray]] = {}  # POS, chunk and NER probes share one pass
 
     @classmethod
     def load(cls, model: str, cache_dir: str | Path | None = None, batch_size: int = 32, **encoder_kwargs) -> "EvalModel":
@@ -105,6 +106,14 @@ class EvalModel:
         """One vector per word: the chosen layer's token states, averaged over a word's sub-tokens (``mean``) or
         taken at its first sub-token (``first``). With ``read_previous`` a word is read from the position before
         its first sub-token, as for MNTP-trained models, which predict token i at position i-1."""
+        key = hashlib.sha256(json.dumps([sentences, layer, subword, read_previous]).encode()).hexdigest()
+        if key not in self._word_features:
+            if len(self._word_features) >= 4:  # train and test of one or two probe settings
+                self._word_features.pop(next(iter(self._word_features)))
+            self._word_features[key] = self._compute_word_features(sentences, layer, subword, read_previous, batch_size)
+        return self._word_features[key]
+
+    def _compute_word_features(self, sentences, layer, subword, read_previous, batch_size) -> list[np.ndarray]:
         from ..bidirectional import model_inputs
 
         model, tokenizer = self._backbone_and_tokenizer()

@@ -42,10 +42,13 @@ def run_evaluation(models: list[str], tasks: list[Task], output: Path, cache_dir
         except json.JSONDecodeError:
             previous = []
     records: list[dict] = []
+    loaded = []
     for spec in models:
         name, spec_kwargs = parse_model_spec(spec)
-        model = EvalModel.load(name, cache_dir=cache_dir, batch_size=batch_size, **{**encoder_kwargs, **spec_kwargs})
-        for task in tasks:
+        loaded.append((spec, EvalModel.load(name, cache_dir=cache_dir, batch_size=batch_size, **{**encoder_kwargs, **spec_kwargs})))
+    # task-major: with several models, every model finishes a task before the next task starts
+    for task in tasks:
+        for spec, model in loaded:
             done = [r for r in previous if r.get("model") == spec and r.get("task") == task.name
                     and r.get("fingerprint") == model.fingerprint and r.get("instructions") == instructions]
             if done:
