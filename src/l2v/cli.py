@@ -193,6 +193,10 @@ def evaluate(
     instructions: bool = typer.Option(False, "--instructions/--no-instructions", help="use each task's instruction (queries only for retrieval)"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     word_train_sentences: Optional[int] = typer.Option(None, help="train the word-level probes on the first N CoNLL sentences"),
+    samples_per_label: int = typer.Option(16, help="classification: training examples per label in each of the 10 experiments (MTEB protocol)"),
+    probe_layer: int = typer.Option(-1, help="word-level probes: which hidden layer (-1 = last)"),
+    probe_subword: str = typer.Option("mean", help="word-level probes: 'mean' of a word's sub-tokens or its 'first'"),
+    probe_read_previous: bool = typer.Option(False, "--probe-read-previous", help="read each word from the previous position (MNTP models)"),
 ):
     """Evaluate one or more encoders on MTEB-style tasks and word-level probes; write JSON, markdown and a PNG."""
     _quiet_libraries()
@@ -207,7 +211,12 @@ def evaluate(
         if not chosen:
             raise L2VError("no model: pass --model NAME, or --compare NAME NAME ...")
         names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
-        selected = select_tasks(names, data, list(file or []), word_train_sentences)
+        from .evaluate.tasks import TaskOptions
+
+        if probe_subword not in ("mean", "first"):
+            raise L2VError(f"--probe-subword must be 'mean' or 'first', got {probe_subword!r}")
+        options = TaskOptions(samples_per_label, word_train_sentences, probe_layer, probe_subword, probe_read_previous)
+        selected = select_tasks(names, data, list(file or []), options)
         cache_folder = None if no_cache else (cache or cache_dir() / "embeddings")
         records = run_evaluation(chosen, selected, output, cache_dir=cache_folder, instructions=instructions,
                                  batch_size=batch_size, log=lambda line: typer.echo(line, err=True))

@@ -2,6 +2,6 @@
 
 from .models import EvalModel
 from .runner import run_evaluation
-from .tasks import FAMILIES, default_tasks, select_tasks, user_task
+from .tasks import FAMILIES, TaskOptions, default_tasks, select_tasks, user_task
 
-__all__ = ["EvalModel", "run_evaluation", "FAMILIES", "default_tasks", "select_tasks", "user_task"]
+__all__ = ["EvalModel", "run_evaluation", "FAMILIES", "TaskOptions", "default_tasks", "select_tasks", "user_task"]

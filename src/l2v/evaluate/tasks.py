@@ -48,27 +48,44 @@ class Task:
         return INSTRUCTIONS.get(self.instruction_key) or INSTRUCTIONS.get(self.name) or INSTRUCTIONS.get(self.family, "")
 
 
-def _classification(name, data, train, test=None):
+@dataclass
+class TaskOptions:
+    """Protocol knobs the CLI exposes; the defaults follow MTEB and the LLM2Vec paper."""
+
+    samples_per_label: int | None = 16
+    word_train_sentences: int | None = None
+    probe_layer: int = -1
+    probe_subword: str = "mean"
+    probe_read_previous: bool = False
+
+    def word(self) -> dict:
+        return {"layer": self.probe_layer, "subword": self.probe_subword, "read_previous": self.probe_read_previous,
+                "max_train_sentences": self.word_train_sentences}
+
+
+def _classification(name, data, train, test, options):
     files = [data / "classification" / train] + ([data / "classification" / test] if test else [])
     return Task(name, "classification", "test" if test else "cross-validation", files,
-                lambda m, i, f=files: evaluate_classification(m, f[0], f[1] if len(f) > 1 else None, instruction=i))
+                lambda m, i, f=files: evaluate_classification(m, f[0], f[1] if len(f) > 1 else None, instruction=i,
+                                                              samples_per_label=options.samples_per_label))
 
 
-def default_tasks(data: Path, word_train_sentences: int | None = None) -> list[Task]:
+def default_tasks(data: Path, options: TaskOptions | None = None) -> list[Task]:
+    options = options or TaskOptions()
     data = Path(data)
     word = data / "word_level"
     scifact = data / "retrieval" / "scifact"
     tasks = [
         Task("stsb", "sts", "test", [data / "sts" / "stsb_test.tsv"], lambda m, i: evaluate_sts(m, data / "sts" / "stsb_test.tsv", i)),
         Task("sickr", "sts", "test", [data / "sts" / "sickr_test.tsv"], lambda m, i: evaluate_sts(m, data / "sts" / "sickr_test.tsv", i)),
-        _classification("sst2", data, "sst2_train.tsv", "sst2_test.tsv"),
-        _classification("sst5", data, "sst5_train.tsv", "sst5_test.tsv"),
-        _classification("trec", data, "trec_train.tsv", "trec_test.tsv"),
-        _classification("emotion", data, "emotion_train.tsv", "emotion_test.tsv"),
-        _classification("mr", data, "mr.tsv"),
-        _classification("cr", data, "cr.tsv"),
-        _classification("subj", data, "subj.tsv"),
-        _classification("mpqa", data, "mpqa.tsv"),
+        _classification("sst2", data, "sst2_train.tsv", "sst2_test.tsv", options),
+        _classification("sst5", data, "sst5_train.tsv", "sst5_test.tsv", options),
+        _classification("trec", data, "trec_train.tsv", "trec_test.tsv", options),
+        _classification("emotion", data, "emotion_train.tsv", "emotion_test.tsv", options),
+        _classification("mr", data, "mr.tsv", None, options),
+        _classification("cr", data, "cr.tsv", None, options),
+        _classification("subj", data, "subj.tsv", None, options),
+        _classification("mpqa", data, "mpqa.tsv", None, options),
         Task("mrpc", "pair_classification", "test", [data / "pair_classification" / "mrpc_test.tsv"],
              lambda m, i: evaluate_pair_classification(m, data / "pair_classification" / "mrpc_test.tsv", i)),
         Task("scifact", "retrieval", "test", [scifact / "corpus.jsonl"], lambda m, i: evaluate_retrieval(m, scifact, "test", i)),
@@ -79,18 +96,19 @@ def default_tasks(data: Path, word_train_sentences: int | None = None) -> list[T
     ]
     for tag in ("pos", "chunk", "ner"):
         tasks.append(Task(f"conll2003_{tag}", "word_level", "test", [word / "conll2003_train.jsonl", word / "conll2003_test.jsonl"],
-                          lambda m, i, t=tag: evaluate_word_level(m, word / "conll2003_train.jsonl", word / "conll2003_test.jsonl", tag=t,
-                                                                  max_train_sentences=word_train_sentences)))
+                          lambda m, i, t=tag: evaluate_word_level(m, word / "conll2003_train.jsonl", word / "conll2003_test.jsonl",
+                                                                  tag=t, **options.word())))
     return tasks
 
 
-def user_task(spec: str) -> Task:
+def user_task(spec: str, options: TaskOptions | None = None) -> Task:
     """``FAMILY:PATH[:PATH2]``: sts:FILE, classification:FILE (k-fold) or classification:TRAIN:TEST,
     pair_classification:FILE, retrieval:BEIR_DIR, clustering:FILE, word_level:TRAIN:TEST[:TAG]."""
     family, _, rest = spec.partition(":")
     parts = [p for p in rest.split(":") if p]
     if family not in FAMILIES or not parts:
         raise L2VError(f"--file {spec!r}: expected FAMILY:PATH with FAMILY one of {', '.join(FAMILIES)}")
+    options = options or TaskOptions()
     paths = [Path(p) for p in parts]
     tag = None
     if family == "word_level" and len(parts) == 3:
@@ -102,7 +120,8 @@ def user_task(spec: str) -> Task:
     if family == "sts":
         run = lambda m, i: evaluate_sts(m, paths[0], i)  # noqa: E731
     elif family == "classification":
-        run = lambda m, i: evaluate_classification(m, paths[0], paths[1] if len(paths) > 1 else None, instruction=i)  # noqa: E731
+        run = lambda m, i: evaluate_classification(m, paths[0], paths[1] if len(paths) > 1 else None, instruction=i,  # noqa: E731
+                                                   samples_per_label=options.samples_per_label)
     elif family == "pair_classification":
         run = lambda m, i: evaluate_pair_classification(m, paths[0], i)  # noqa: E731
     elif family == "retrieval":
@@ -112,18 +131,18 @@ def user_task(spec: str) -> Task:
     else:
         if len(paths) != 2:
             raise L2VError(f"--file {spec!r}: word_level needs TRAIN:TEST[:TAG]")
-        run = lambda m, i: evaluate_word_level(m, paths[0], paths[1], tag=tag or "pos")  # noqa: E731
+        run = lambda m, i: evaluate_word_level(m, paths[0], paths[1], tag=tag or "pos", **options.word())  # noqa: E731
     return Task(name, family, "user", paths, run)
 
 
-def select_tasks(names: list[str], data: Path | None, files: list[str], word_train_sentences: int | None = None) -> list[Task]:
+def select_tasks(names: list[str], data: Path | None, files: list[str], options: TaskOptions | None = None) -> list[Task]:
     tasks: list[Task] = []
     if names:
         if data is None:
             raise L2VError("--tasks needs --data DIR (the folder with sts/, classification/, ...)")
         if not Path(data).is_dir():
             raise L2VError(f"--data {data}: folder not found")
-        available = default_tasks(Path(data), word_train_sentences)
+        available = default_tasks(Path(data), options)
         for name in names:
             chosen = [t for t in available if t.family == name or t.name == name]
             if not chosen:
@@ -135,7 +154,7 @@ def select_tasks(names: list[str], data: Path | None, files: list[str], word_tra
                     raise L2VError(f"task {task.name}: data file not found: {missing[0]}")
                 if task not in tasks:
                     tasks.append(task)
-    tasks += [user_task(spec) for spec in files]
+    tasks += [user_task(spec, options) for spec in files]
     if not tasks:
         raise L2VError("no tasks: pass --tasks (with --data) and/or --file FAMILY:PATH")
     return tasks
