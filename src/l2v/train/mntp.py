@@ -1,0 +1,99 @@
+"""Step 2 of LLM2Vec: masked next token prediction (MNTP).
+
+The model is bidirectional; a fraction of tokens is selected (20 % by default) and of those 80 % are replaced
+by the mask token, 10 % by a random token and 10 % kept. The token at position i is predicted from the output
+at position i-1 - the causal LM's shift, so the pretrained LM head keeps its meaning. Vocabulary logits are
+computed only at the selected positions: a full head over every position is most of the step's cost with
+large vocabularies (Gemma-3: 262k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from ..bidirectional import model_inputs
+from ..errors import L2VError
+
+# Mask token when the tokenizer has none. The paper uses "_" for Llama-family tokenizers; the same choice is
+# used for the other families whose tokenizers lack a mask token.
+MASK_TOKEN_BY_FAMILY = {
+    "llama": "_",
+    "mistral": "_",
+    "qwen2": "_",
+    "qwen3": "_",
+    "phi3": "_",
+    "gemma": "<mask>",
+    "gemma2": "<mask>",
+    "gemma3": "<mask>",
+    "gemma3_text": "<mask>",
+}
+
+
+def mask_token_id(tokenizer, family: str, override: str | None = None) -> int:
+    """The tokenizer's mask token, else the family's choice; it must be a single token."""
+    if override is None and tokenizer.mask_token_id is not None:
+        return int(tokenizer.mask_token_id)
+    token = override or MASK_TOKEN_BY_FAMILY.get(family)
+    if token is None:
+        raise L2VError(
+            f"model family {family!r} has no mask token in its tokenizer and no default choice in l2v; "
+            "set mask_token in the MNTP config (a string that is one token of this tokenizer)"
+        )
+    ids = tokenizer.convert_tokens_to_ids(token)
+    if ids is None or ids == tokenizer.unk_token_id:
+        encoded = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise L2VError(f"mask token {token!r} is {len(encoded)} tokens for this tokenizer; choose a single-token string")
+        ids = encoded[0]
+    return int(ids)
+
+
+@dataclass
+class MaskingConfig:
+    probability: float = 0.2
+    replace_with_mask: float = 0.8
+    replace_with_random: float = 0.1  # the rest is kept unchanged
+
+
+def mask_for_mntp(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_tokens_mask: torch.Tensor | None,
+                  mask_id: int, vocab_size: int, config: MaskingConfig = MaskingConfig(),
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (corrupted input ids, labels); labels are -100 except at selected positions.
+
+    Eligible positions are real, non-special tokens that have a real token before them (the first token of a
+    text has no previous output to be predicted from)."""
+    eligible = attention_mask.bool().clone()
+    if special_tokens_mask is not None:
+        eligible &= ~special_tokens_mask.bool()
+    has_previous = torch.zeros_like(eligible)
+    has_previous[:, 1:] = attention_mask[:, :-1].bool()
+    eligible &= has_previous
+    draws = torch.rand(input_ids.shape, generator=generator)
+    selected = eligible & (draws < config.probability)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+    action = torch.rand(input_ids.shape, generator=generator)
+    to_mask = selected & (action < config.replace_with_mask)
+    to_random = selected & (action >= config.replace_with_mask) & (action < config.replace_with_mask + config.replace_with_random)
+    corrupted = input_ids.clone()
+    corrupted[to_mask] = mask_id
+    random_tokens = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    corrupted[to_random] = random_tokens[to_random]
+    return corrupted, labels
+
+
+def mntp_loss(backbone, lm_head, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+              logit_softcap: float | None = None) -> torch.Tensor:
+    """Cross-entropy of the token at i predicted from the output at i-1, over selected positions only."""
+    output = backbone(**model_inputs(backbone, input_ids, attention_mask))
+    hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+    targets = labels[:, 1:]
+    selected = targets != -100
+    if not bool(selected.any()):
+        return hidden.sum() * 0.0  # keeps the graph (and distributed gradient sync) intact
+    logits = lm_head(hidden[:, :-1][selected])
+    if logit_softcap:  # Gemma-2/3 cap their final logits
+        logits = torch.tanh(logits / logit_softcap) * logit_softcap
+    return F.cross_entropy(logits.float(), targets[selected])

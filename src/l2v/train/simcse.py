@@ -1,0 +1,48 @@
+"""Step 3 of LLM2Vec: unsupervised SimCSE. Each sentence is encoded twice with dropout as the only
+augmentation (the paper raises attention dropout to 0.3); the two views are positives and the other sentences
+of the (global) batch negatives, under InfoNCE with temperature 0.05. Pooling excludes padding exactly as at
+inference: the loss takes the encoder's own pooled embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .distributed import gather_with_grad
+
+
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
+    """Cross-entropy of each query against all keys (the i-th key of the global batch is its positive; any
+    further keys, such as hard negatives, sit after the positives). Keys are gathered across processes; each
+    process keeps its local queries and the gradient of its local keys."""
+    queries = F.normalize(queries.float(), dim=-1)
+    keys = F.normalize(keys.float(), dim=-1)
+    offset = 0
+    if gather:
+        keys, offset = gather_with_grad(keys, queries.shape[0])
+    logits = queries @ keys.T / temperature
+    targets = torch.arange(queries.shape[0], device=queries.device) + offset
+    return F.cross_entropy(logits, targets)
+
+
+def set_dropout(model, attention_dropout: float | None = None, hidden_dropout: float | None = None) -> None:
+    """Raise the dropout used as SimCSE's augmentation (config and live modules), for any family."""
+    config = model.config
+    if attention_dropout is not None:
+        for name in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
+            if hasattr(config, name):
+                setattr(config, name, attention_dropout)
+        for module in model.modules():
+            if hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
+                module.attention_dropout = attention_dropout
+    if hidden_dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = hidden_dropout
+
+
+def simcse_loss(encoder, features: dict[str, torch.Tensor], temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
+    """Two forward passes of the same batch in training mode: different dropout masks make the two views."""
+    first = encoder(features)
+    second = encoder(features)
+    return info_nce(first, second, temperature, gather)

@@ -1,0 +1,170 @@
+"""The training objectives: MNTP masking and loss, InfoNCE / SimCSE, gradient caching, gathered negatives."""
+
+import copy
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.nn import functional as F
+
+from l2v import Encoder
+from l2v.errors import L2VError
+from l2v.train.mntp import MaskingConfig, mask_for_mntp, mask_token_id, mntp_loss
+from l2v.train.simcse import info_nce, set_dropout, simcse_loss
+from l2v.train.supervised import contrastive_loss, grad_cache_step
+
+
+def test_masking_follows_the_80_10_10_recipe():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 300, (64, 200), generator=generator)
+    attention = torch.ones_like(ids)
+    attention[:, 150:] = 0
+    special = torch.zeros_like(ids)
+    special[:, 0] = 1
+    corrupted, labels = mask_for_mntp(ids, attention, special, mask_id=5, vocab_size=320, generator=generator)
+    selected = labels != -100
+    assert not selected[:, 150:].any() and not selected[:, 0].any() and selected[:, 1].any()
+    eligible = 64 * (150 - 1)
+    assert abs(selected.sum().item() / eligible - 0.2) < 0.01
+    assert torch.equal(labels[selected], ids[selected])
+    masked = (corrupted == 5) & selected
+    kept = (corrupted == ids) & selected
+    assert abs(masked.sum().item() / selected.sum().item() - 0.8) < 0.02
+    assert abs(kept.sum().item() / selected.sum().item() - 0.1) < 0.02  # random draws rarely equal the original
+    assert torch.equal(corrupted[~selected], ids[~selected])
+
+
+def test_first_token_is_never_a_target():
+    ids = torch.randint(10, 300, (8, 5))
+    _, labels = mask_for_mntp(ids, torch.ones_like(ids), None, 5, 320, MaskingConfig(probability=1.0))
+    assert (labels[:, 0] == -100).all() and (labels[:, 1:] != -100).all()
+
+
+def test_mntp_loss_equals_the_full_vocabulary_shifted_loss(tiny_llama_folder):
+    from transformers import AutoModelForCausalLM
+
+    from l2v.bidirectional import model_inputs, set_attention
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama_folder)
+    set_attention(lm.model, True)
+    ids = torch.randint(10, 300, (3, 9), generator=torch.Generator().manual_seed(1))
+    attention = torch.ones_like(ids)
+    attention[2, 6:] = 0
+    corrupted, labels = mask_for_mntp(ids, attention, None, 5, 320, MaskingConfig(probability=0.5), torch.Generator().manual_seed(2))
+    ours = mntp_loss(lm.model, lm.lm_head, corrupted, attention, labels)
+    hidden = lm.model(**model_inputs(lm.model, corrupted, attention)).last_hidden_state
+    logits = lm.lm_head(hidden)  # every position, the whole vocabulary
+    reference = F.cross_entropy(logits[:, :-1].reshape(-1, 320), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    ours.backward()
+    assert lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_mask_token_choice(tiny_llama_folder):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_folder)
+    assert tokenizer.mask_token_id is None
+    with pytest.raises(L2VError, match="family 'mystery' has no mask token"):
+        mask_token_id(tokenizer, "mystery")
+    with pytest.raises(L2VError, match="2 tokens"):
+        mask_token_id(tokenizer, "llama", override="the cat")
+    assert mask_token_id(tokenizer, "llama", override="cat") == tokenizer.convert_tokens_to_ids("cat")
+
+
+def test_info_nce_by_hand():
+    torch.manual_seed(0)
+    q, k = torch.randn(4, 8), torch.randn(6, 8)
+    similarity = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).T / 0.05
+    expected = -torch.log_softmax(similarity, dim=1).diagonal()[:4].mean()
+    assert info_nce(q, k).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_simcse_views_differ_only_by_dropout(tiny_llama_folder):
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder))
+    features = encoder.collate(encoder.tokenize(["the cat sits on the mat", "paris", "a man is playing a guitar"]))
+    encoder.train()
+    set_dropout(encoder.model, attention_dropout=0.0)
+    assert torch.allclose(encoder(features), encoder(features))
+    set_dropout(encoder.model, attention_dropout=0.3)
+    assert not torch.allclose(encoder(features), encoder(features))
+    loss = simcse_loss(encoder, features)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+
+
+def _encoder_and_batches(folder, dropout):
+    encoder = Encoder.from_pretrained(str(folder))
+    set_dropout(encoder.model, attention_dropout=dropout)
+    encoder.train()
+    texts = ["the cat sits on the mat", "paris", "a man is playing a guitar", "the dog sleeps",
+             "she plays the piano every evening", "what is the capital of france ?"]
+    queries = [("retrieve documents that answer the question", t) for t in texts[:4]]
+    positives, negatives = texts[1:5], texts[2:6]
+    return encoder, queries, positives, negatives
+
+
+def _chunks(encoder, items, size):
+    return [encoder.collate(encoder.tokenize(items[i: i + size])) for i in range(0, len(items), size)]
+
+
+def _grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dropout,chunk", [(0.0, 1), (0.0, 3), (0.2, 4)])
+def test_grad_cache_equals_the_full_batch(tiny_llama_folder, dropout, chunk):
+    encoder, queries, positives, negatives = _encoder_and_batches(tiny_llama_folder, dropout)
+    reference = copy.deepcopy(encoder)
+    loss_fn = lambda q, p, n: contrastive_loss(q, p, n, temperature=0.02)  # noqa: E731
+    torch.manual_seed(11)
+    plain = loss_fn(*[reference(f) for f in (_chunks(reference, x, len(x))[0] for x in (queries, positives, negatives))])
+    plain.backward()
+    torch.manual_seed(11)
+    groups = [_chunks(encoder, x, chunk) for x in (queries, positives, negatives)]
+    cached = grad_cache_step(encoder, groups, loss_fn, module=encoder)
+    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
+    expected, got = _grads(reference), _grads(encoder)
+    assert expected.keys() == got.keys() and len(got) > 0
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-5, rtol=1e-4), name
+
+
+def _rank_loss(rank, world, init_file, queries, keys, result_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    n = queries.shape[0] // world
+    local_q = queries[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    positives = keys[: queries.shape[0]]
+    negatives = keys[queries.shape[0]:]
+    m = negatives.shape[0] // world
+    local_k = torch.cat([positives[rank * n:(rank + 1) * n], negatives[rank * m:(rank + 1) * m]]).clone().requires_grad_(True)
+    loss = info_nce(local_q, local_k, temperature=0.05)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "q_grad": local_q.grad, "k_grad": local_k.grad}, f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_gathered_negatives_across_two_processes_equal_one_process():
+    torch.manual_seed(0)
+    queries, keys = torch.randn(8, 16), torch.randn(12, 16)  # 8 positives + 4 hard negatives
+    with tempfile.TemporaryDirectory() as folder:
+        init_file, result_file = os.path.join(folder, "init"), os.path.join(folder, "result")
+        mp.start_processes(_rank_loss, args=(2, init_file, queries, keys, result_file), nprocs=2, join=True, start_method="spawn")
+        ranks = [torch.load(f"{result_file}.{r}") for r in range(2)]
+    # One process, the same global batch; keys laid out as all positives then all negatives, as gathered.
+    q = queries.clone().requires_grad_(True)
+    k = keys.clone().requires_grad_(True)
+    single = info_nce(q, k, temperature=0.05, gather=False)
+    single.backward()
+    mean_loss = sum(r["loss"] for r in ranks) / 2
+    assert mean_loss.item() == pytest.approx(single.item(), rel=1e-6)
+    # Gradients: averaging over processes (as DDP does) gives the single-process gradients.
+    q_grad = torch.cat([r["q_grad"] for r in ranks]) / 2
+    assert torch.allclose(q_grad, q.grad, atol=1e-6)
+    k_grad_pos = torch.cat([ranks[0]["k_grad"][:4], ranks[1]["k_grad"][:4]]) / 2
+    k_grad_neg = torch.cat([ranks[0]["k_grad"][4:], ranks[1]["k_grad"][4:]]) / 2
+    assert torch.allclose(torch.cat([k_grad_pos, k_grad_neg]), k.grad, atol=1e-6)
