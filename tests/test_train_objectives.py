@@ -72,6 +72,9 @@ def test_mask_token_choice(tiny_llama_folder):
     with pytest.raises(L2VError, match="2 tokens"):
         mask_token_id(tokenizer, "llama", override="the cat")
     assert mask_token_id(tokenizer, "llama", override="cat") == tokenizer.convert_tokens_to_ids("cat")
+    with pytest.raises(L2VError, match="not in this tokenizer"):
+        mask_token_id(tokenizer, "llama")  # "_" is not in the tiny vocabulary
+    assert mask_token_id(tokenizer, "llama", override="<unk>") == tokenizer.unk_token_id
 
 
 def test_info_nce_by_hand():

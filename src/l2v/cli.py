@@ -228,6 +228,32 @@ def evaluate(
     _run(action)
 
 
+@app.command()
+def train(
+    stage: str = typer.Argument(..., help="mntp, simcse or supervised"),
+    config: Path = typer.Option(..., "--config", "-c", help="YAML training config (see configs/)"),
+    steps: Optional[int] = typer.Option(None, help="override the config's steps"),
+    output: Optional[str] = typer.Option(None, help="override the config's output folder"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train one stage of the LLM2Vec recipe. Rerunning the same command resumes from the last checkpoint."""
+    _quiet_libraries()
+
+    def action():
+        from .train.config import STAGES, load_config
+        from .train.runner import train as run_training
+
+        if stage not in STAGES:
+            raise L2VError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+        overrides = {k: v for k, v in {"steps": steps, "output": output}.items() if v is not None}
+        loaded = load_config(config, overrides)
+        if loaded.stage != stage:
+            raise L2VError(f"{config}: stage is {loaded.stage!r}, but the command asked for {stage!r}")
+        run_training(loaded, show_progress=progress, log=lambda line: typer.echo(line, err=True))
+
+    _run(action)
+
+
 def main() -> None:
     app()
 

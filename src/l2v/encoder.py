@@ -45,6 +45,7 @@ class EncoderConfig:
     max_length: int = 512
     instruction_format: str = "{instruction}"  # applied to each instruction before tokenising it
     adapters: str | None = None  # sub-folder with peft LoRA adapters, if any
+    merged_adapters: list[str] = field(default_factory=list)  # sub-folders merged into the base first, in order
     l2v_version: str = __version__
 
     @classmethod
@@ -82,6 +83,7 @@ class Encoder(torch.nn.Module):
         hidden_size = _hidden_size(model)
         self.pooling = pooling if pooling is not None else build_pooling(config.pooling, hidden_size, config.pooling_options)
         self.padding_side = "right"
+        self.merged_adapter_folders: list[Path] = []  # adapters folded into the backbone at load, saved with it
         self.last_truncated = 0  # how many texts the last encode()/tokenize() call truncated
         self._instruction_cache: dict[str, list[int]] = {}
         self._prefix, self._suffix = self._special_tokens()
@@ -93,7 +95,7 @@ class Encoder(torch.nn.Module):
     def from_pretrained(
         cls,
         model: str,
-        adapters: str | None = None,
+        adapters: str | list[str] | None = None,
         pooling: str | None = None,
         max_length: int | None = None,
         bidirectional: bool | None = None,
@@ -158,12 +160,18 @@ class Encoder(torch.nn.Module):
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
         adapter_folders = []
-        if saved is not None and saved.adapters:
-            adapter_folders.append(folder / saved.adapters)
+        if saved is not None:
+            adapter_folders += [folder / sub for sub in saved.merged_adapters]
+            if saved.adapters:
+                adapter_folders.append(folder / saved.adapters)
         if adapters:
-            adapter_folders.append(Path(adapters))
+            adapter_folders += [Path(a) for a in ([adapters] if isinstance(adapters, (str, Path)) else adapters)]
+        merged_folders = []
         for index, adapter_folder in enumerate(adapter_folders):
-            backbone = _apply_adapters(backbone, adapter_folder, merge=merge_adapters or index < len(adapter_folders) - 1)
+            merge = merge_adapters or index < len(adapter_folders) - 1
+            backbone = _apply_adapters(backbone, adapter_folder, merge=merge)
+            if merge:
+                merged_folders.append(adapter_folder)
         backbone.to(device)
         backbone.eval()
         set_attention(backbone, config.bidirectional, verify=verify_bidirectional)
@@ -176,6 +184,7 @@ class Encoder(torch.nn.Module):
             pooling_module.load_state_dict(load_file(folder / POOLING_WEIGHTS))
         pooling_module.to(device=device)
         encoder = cls(backbone, tokenizer, config, pooling_module, source=source)
+        encoder.merged_adapter_folders = merged_folders
         encoder.eval()
         return encoder
 
@@ -346,19 +355,25 @@ class Encoder(torch.nn.Module):
         path = Path(path)
         model = self.model
         has_adapters = hasattr(model, "peft_config")
-        config = EncoderConfig(**{**asdict(self.config), "l2v_version": __version__, "adapters": None})
+        config = EncoderConfig(**{**asdict(self.config), "l2v_version": __version__, "adapters": None, "merged_adapters": []})
+        if save_base_weights and has_adapters and not merge_adapters:
+            raise L2VError("save_base_weights with unmerged adapters is ambiguous; pass merge_adapters=True")
+        # Full weights when asked, or when there is no base to refer to (the encoder was loaded from full weights).
+        full_weights = merge_adapters or save_base_weights or self.config.base_model == "."
         with atomic_dir(path, overwrite=overwrite) as tmp:
-            if has_adapters and not merge_adapters:
-                model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
-                config.adapters = ADAPTER_DIR
-                if save_base_weights:
-                    raise L2VError("save_base_weights with unmerged adapters is ambiguous; pass merge_adapters=True")
+            if full_weights:
+                (_merged_copy(model) if has_adapters else model).save_pretrained(tmp, safe_serialization=True)
+                config.base_model = "."
             else:
+                import shutil
+
+                for index, merged in enumerate(self.merged_adapter_folders):
+                    name = f"merged_adapter_{index}"
+                    shutil.copytree(merged, tmp / name, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth"))
+                    config.merged_adapters.append(name)
                 if has_adapters:
-                    model = _merged_copy(model)
-                if save_base_weights or has_adapters:
-                    model.save_pretrained(tmp, safe_serialization=True)
-                    config.base_model = "."
+                    model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
+                    config.adapters = ADAPTER_DIR
             self.tokenizer.save_pretrained(tmp)
             pooling_state = {k: v.detach().cpu().contiguous() for k, v in self.pooling.state_dict().items()}
             if pooling_state:

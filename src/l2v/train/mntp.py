@@ -43,11 +43,13 @@ def mask_token_id(tokenizer, family: str, override: str | None = None) -> int:
             "set mask_token in the MNTP config (a string that is one token of this tokenizer)"
         )
     ids = tokenizer.convert_tokens_to_ids(token)
-    if ids is None or ids == tokenizer.unk_token_id:
+    if ids is None or (ids == tokenizer.unk_token_id and token != tokenizer.unk_token):
         encoded = tokenizer(token, add_special_tokens=False)["input_ids"]
         if len(encoded) != 1:
             raise L2VError(f"mask token {token!r} is {len(encoded)} tokens for this tokenizer; choose a single-token string")
         ids = encoded[0]
+        if ids == tokenizer.unk_token_id and token != tokenizer.unk_token:
+            raise L2VError(f"mask token {token!r} is not in this tokenizer's vocabulary (it maps to the unknown token)")
     return int(ids)
 
 

@@ -1,0 +1,117 @@
+"""Training configuration: plain dataclasses read from YAML; an unknown key is an error naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import L2VError
+
+STAGES = ("mntp", "simcse", "supervised")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # a local file: .txt / .jsonl (texts) or .jsonl triples for supervised
+    hub: str | None = None  # a Hugging Face dataset name (users with internet)
+    hub_split: str = "train"
+    text_field: str = "text"
+    max_examples: int | None = None
+
+
+@dataclass
+class MntpOptions:
+    probability: float = 0.2
+    mask_token: str | None = None  # default: the tokenizer's, else l2v's per-family choice
+
+
+@dataclass
+class ContrastiveOptions:
+    temperature: float | None = None  # default: 0.05 (SimCSE), 0.02 (supervised)
+    attention_dropout: float | None = None  # default: 0.3 for SimCSE (the paper), unchanged for supervised
+    chunk_size: int | None = None  # GradCache chunk (supervised); None = no caching
+    gather_negatives: bool = True
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    model: str
+    output: str
+    data: DataConfig = field(default_factory=DataConfig)
+    adapters: list[str] = field(default_factory=list)  # merged into the model before training (e.g. MNTP's)
+    pooling: str = "mean"
+    max_length: int = 128
+    batch_size: int = 32
+    steps: int = 1000
+    learning_rate: float = 5e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_every: int = 100
+    log_every: int = 1
+    dtype: str = "float32"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    mntp: MntpOptions = field(default_factory=MntpOptions)
+    contrastive: ContrastiveOptions = field(default_factory=ContrastiveOptions)
+
+    def temperature(self) -> float:
+        if self.contrastive.temperature is not None:
+            return self.contrastive.temperature
+        return 0.02 if self.stage == "supervised" else 0.05
+
+
+def _build(cls, values: Any, where: str, source: str):
+    if not isinstance(values, dict):
+        raise L2VError(f"{source}: {where or 'the config'} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise L2VError(f"{source}: unknown config key {where + '.' if where else ''}{unknown[0]!r} (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in values.items():
+        nested = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        if nested is not None and dataclasses.is_dataclass(nested):
+            kwargs[name] = _build(nested, value or {}, f"{where + '.' if where else ''}{name}", source)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise L2VError(f"{source}: {where or 'config'}: {error}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    path = Path(path)
+    if not path.exists():
+        raise L2VError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise L2VError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    values.update(overrides or {})
+    for required in ("stage", "model", "output"):
+        if required not in values:
+            raise L2VError(f"{path}: missing config key {required!r}")
+    config = _build(TrainConfig, values, "", str(path))
+    if config.stage not in STAGES:
+        raise L2VError(f"{path}: stage must be one of {', '.join(STAGES)}, got {config.stage!r}")
+    for name in ("batch_size", "steps", "save_every", "max_length", "log_every"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+            raise L2VError(f"{path}: {name} must be a positive integer, got {getattr(config, name)!r}")
+    if not config.data.train and not config.data.hub:
+        raise L2VError(f"{path}: data.train (a local file) or data.hub (a dataset name) is required")
+    return config

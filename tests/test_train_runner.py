@@ -1,0 +1,127 @@
+"""The training loop: each stage runs end to end on a tiny model, a SIGKILLed run resumes to the same losses,
+bad configs and data fail before training, and the result loads as an encoder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from l2v import Encoder
+from l2v.errors import L2VError
+from l2v.train.config import load_config
+from l2v.train.runner import train
+
+TEXTS = ["the cat sits on the mat while the dog sleeps", "a man is playing a guitar", "paris is the capital of france",
+         "she plays the piano every evening", "scientists discovered a new species of frog in the rainforest",
+         "the quick brown fox jumps over the lazy dog", "two children are riding bikes in the park",
+         "the weather is cold and windy in winter", "he is running to catch the bus", "the chef prepares a delicious meal"]
+
+
+def write_config(folder: Path, tiny_llama_folder: Path, stage: str, **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "texts.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    config = {"stage": stage, "model": str(tiny_llama_folder), "output": str(folder / "run"), "data": {"train": str(data)},
+              "batch_size": 4, "steps": 6, "save_every": 2, "max_length": 16, "learning_rate": 1e-3, "seed": 3,
+              "lora": {"r": 4, "alpha": 8}, "mntp": {"mask_token": "<unk>"}}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = folder / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "l2v.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("stage", ["mntp", "simcse"])
+def test_a_sigkilled_run_resumes_to_the_same_losses(tmp_path, tiny_llama_folder, stage):
+    straight = write_config(tmp_path / "a", tiny_llama_folder, stage)
+    assert cli("train", stage, "--config", straight, "--no-progress").returncode == 0
+    killed = write_config(tmp_path / "b", tiny_llama_folder, stage)
+    crashed = cli("train", stage, "--config", killed, "--no-progress", env={"L2V_TEST_KILL_AFTER_STEP": "3"})
+    assert crashed.returncode == -9  # SIGKILL
+    assert len(losses(tmp_path / "b" / "run")) == 3 and not (tmp_path / "b" / "run" / "encoder").exists()
+    resumed = cli("train", stage, "--config", killed, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "step-00000002" in resumed.stderr
+    assert losses(tmp_path / "b" / "run") == losses(tmp_path / "a" / "run")
+    assert len(losses(tmp_path / "a" / "run")) == 6
+    assert (tmp_path / "a" / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mntp_then_simcse_chain_gives_an_encoder(tmp_path, tiny_llama_folder, sentences):
+    mntp = load_config(write_config(tmp_path / "m", tiny_llama_folder, "mntp", steps=4))
+    mntp_encoder = train(mntp, show_progress=False, log=lambda *_: None)
+    assert (mntp_encoder / "adapter" / "adapter_model.safetensors").exists()
+    base = Encoder.from_pretrained(str(tiny_llama_folder)).encode(sentences)
+    after_mntp = Encoder.from_pretrained(str(mntp_encoder)).encode(sentences)
+    assert np.abs(after_mntp - base).max() > 1e-4  # the adapters changed something
+    simcse = load_config(write_config(tmp_path / "s", tiny_llama_folder, "simcse", steps=4,
+                                      adapters=[str(mntp_encoder / "adapter")]))
+    final = train(simcse, show_progress=False, log=lambda *_: None)
+    config = json.loads((final / "l2v_config.json").read_text())
+    assert config["merged_adapters"] == ["merged_adapter_0"] and config["adapters"] == "adapter"
+    encoder = Encoder.from_pretrained(str(final))
+    vectors = encoder.encode(sentences)
+    assert np.isfinite(vectors).all() and np.abs(vectors - after_mntp).max() > 1e-5
+    merged = encoder.save(tmp_path / "merged", merge_adapters=True)
+    assert np.abs(Encoder.from_pretrained(str(merged)).encode(sentences) - vectors).max() < 1e-4
+
+
+def test_supervised_with_grad_cache_runs(tmp_path, tiny_llama_folder):
+    triples = tmp_path / "triples.jsonl"
+    rows = [{"query": TEXTS[i], "positive": TEXTS[(i + 1) % 10], "negative": TEXTS[(i + 5) % 10],
+             "instruction": "retrieve documents that answer the question", "dataset": "ab"[i % 2]} for i in range(10)]
+    triples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = load_config(write_config(tmp_path, tiny_llama_folder, "supervised", data={"train": str(triples)},
+                                      batch_size=4, steps=3, contrastive={"chunk_size": 2}))
+    final = train(config, show_progress=False, log=lambda *_: None)
+    assert len(losses(tmp_path / "run")) == 3 and (final / "adapter").exists()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"learning_rat": 1e-3}, "unknown config key 'learning_rat'"),
+        ({"lora": {"rank": 4}}, "unknown config key lora.'rank'"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"stage": "pretrain"}, "stage must be one of"),
+        ({"data": {"train": None}}, "data.train"),
+    ],
+)
+def test_bad_configs_fail_before_training(tmp_path, tiny_llama_folder, change, message):
+    path = write_config(tmp_path, tiny_llama_folder, "mntp")
+    values = yaml.safe_load(path.read_text())
+    for key, value in change.items():
+        values[key] = value
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(L2VError, match=message):
+        load_config(path)
+
+
+def test_bad_data_fails_before_training(tmp_path, tiny_llama_folder):
+    path = write_config(tmp_path, tiny_llama_folder, "simcse")
+    (tmp_path / "texts.txt").write_bytes(b"fine\nbroken \xff\n")
+    result = cli("train", "simcse", "--config", path, "--no-progress")
+    assert result.returncode == 2 and "line 2 is not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "texts.txt").write_text("\n\n")
+    result = cli("train", "simcse", "--config", path, "--no-progress")
+    assert result.returncode == 2 and "no non-empty texts" in result.stderr
+    result = cli("train", "mntp", "--config", path, "--no-progress")
+    assert result.returncode == 2 and "stage is 'simcse'" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
