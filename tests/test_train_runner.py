@@ -125,3 +125,19 @@ def test_bad_data_fails_before_training(tmp_path, tiny_llama_folder):
     result = cli("train", "mntp", "--config", path, "--no-progress")
     assert result.returncode == 2 and "stage is 'simcse'" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path, tiny_llama_folder):
+    """Same global batch (4): one process, or two processes of 2 with negatives gathered across them. Dropout is
+    off so both see identical views; losses must agree at every step (gradients are averaged correctly)."""
+    common = dict(steps=3, save_every=3, contrastive={"attention_dropout": 0.0}, lora={"dropout": 0.0})
+    single = write_config(tmp_path / "one", tiny_llama_folder, "simcse", batch_size=4, **common)
+    double = write_config(tmp_path / "two", tiny_llama_folder, "simcse", batch_size=2, **common)
+    assert cli("train", "simcse", "--config", single, "--no-progress").returncode == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                "-m", "l2v.cli", "train", "simcse", "--config", str(double), "--no-progress"]
+    result = subprocess.run(torchrun, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = losses(tmp_path / "one" / "run"), losses(tmp_path / "two" / "run")
+    assert len(one) == len(two) == 3
+    assert np.allclose(one, two, rtol=1e-5, atol=1e-6), (one, two)
