@@ -49,3 +49,24 @@ def model_folder() -> str:
     from l2v.registry import resolve
 
     return resolve("minilm-l6").location
+
+
+def test_supervised_triples_come_from_training_splits_only(data, tmp_path):
+    from l2v.evaluate.data import read_pairs_with_labels
+    from l2v.train.pairs import build_triples
+
+    triples = build_triples(data)
+    counts = {}
+    for triple in triples:
+        counts[triple["dataset"]] = counts.get(triple["dataset"], 0) + 1
+        assert triple["negative"] not in (triple["query"], triple["positive"])
+    assert set(counts) == {"stsb", "sickr", "mrpc", "scifact"} and min(counts.values()) > 500
+    test_pairs = set()
+    for path in (data / "sts" / "stsb_test.tsv", data / "sts" / "sickr_test.tsv"):
+        sts = read_sts(path)
+        test_pairs |= set(zip(sts.sentences1, sts.sentences2))
+    mrpc = read_pairs_with_labels(data / "pair_classification" / "mrpc_test.tsv")
+    test_pairs |= set(zip(mrpc.sentences1, mrpc.sentences2))
+    assert not [t for t in triples if (t["query"], t["positive"]) in test_pairs]
+    test_claims = set(read_beir(data / "retrieval" / "scifact", "test").queries.values())
+    assert not [t for t in triples if t["dataset"] == "scifact" and t["query"] in test_claims]

@@ -254,6 +254,27 @@ def train(
     _run(action)
 
 
+@app.command("make-pairs")
+def make_pairs(
+    data: Path = typer.Option(..., help="folder with sts/, pair_classification/, retrieval/scifact/ (training splits are read)"),
+    output: Path = typer.Option(..., "--output", "-o", help="JSONL of {query, positive, negative, instruction, dataset}"),
+    seed: int = typer.Option(0),
+):
+    """Build supervised training triples from the training splits of the local data sets."""
+
+    def action():
+        from collections import Counter
+
+        from .train.pairs import build_triples, write_triples
+
+        triples = build_triples(data, seed)
+        write_triples(triples, output)
+        counts = Counter(t["dataset"] for t in triples)
+        typer.echo(f"wrote {len(triples)} triples to {output}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), err=True)
+
+    _run(action)
+
+
 def main() -> None:
     app()
 
