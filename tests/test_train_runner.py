@@ -141,3 +141,31 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, tiny_llama_folder):
     one, two = losses(tmp_path / "one" / "run"), losses(tmp_path / "two" / "run")
     assert len(one) == len(two) == 3
     assert np.allclose(one, two, rtol=1e-5, atol=1e-6), (one, two)
+
+
+def test_convert_chains_the_recipe_and_reports(tmp_path, tiny_llama_folder, sentences):
+    from l2v.train.convert import convert, load_convert_config
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{TEXTS[i]}\t{TEXTS[i + 1]}\t{i % 5}\n" for i in range(9)))
+    common = {"data": {"train": str(texts)}, "batch_size": 4, "steps": 2, "save_every": 1, "max_length": 16,
+              "lora": {"r": 4, "alpha": 8}}
+    recipe = {"name": "tiny-l2v", "model": str(tiny_llama_folder), "output": str(tmp_path / "out"),
+              "stages": {"mntp": {**common, "mntp": {"mask_token": "<unk>"}}, "simcse": common},
+              "evaluate": {"files": [f"sts:{sts}"]}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    final = convert(path, show_progress=False, log=lambda *_: None)
+    assert np.isfinite(Encoder.from_pretrained(str(final)).encode(sentences)).all()
+    records = json.loads((tmp_path / "out" / "eval" / "results.json").read_text())
+    assert len(records) == 2 and {r["task"] for r in records} == {"sts:sts.tsv"}
+    recipe["stages"]["simcse"]["adapters"] = ["x"]
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(L2VError, match="stages.simcse.adapters is set by convert"):
+        load_convert_config(path)
+    recipe["stages"] = {"mntp": common, "pretrain": common}
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(L2VError, match="unknown stage 'pretrain'"):
+        load_convert_config(path)

@@ -254,6 +254,22 @@ def train(
     _run(action)
 
 
+@app.command()
+def convert(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML recipe: model, output, stages (mntp, simcse, supervised), evaluate"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """The whole recipe from one file: MNTP -> merge -> SimCSE (-> supervised) -> encoder -> evaluation report."""
+    _quiet_libraries()
+
+    def action():
+        from .train.convert import convert as run_convert
+
+        run_convert(config, show_progress=progress, log=lambda line: typer.echo(line, err=True))
+
+    _run(action)
+
+
 @app.command("make-pairs")
 def make_pairs(
     data: Path = typer.Option(..., help="folder with sts/, pair_classification/, retrieval/scifact/ (training splits are read)"),

@@ -1,0 +1,94 @@
+"""``l2v convert``: the whole LLM2Vec recipe from one YAML file, MNTP -> merge -> SimCSE (-> supervised) ->
+saved encoder -> evaluation report. Each stage is an ordinary resumable training run in its own folder, so
+rerunning the command after an interruption continues where it stopped.
+
+    name: smollm2-135m-l2v-unsup
+    model: smollm2-135m
+    output: runs/smollm2-l2v-unsup
+    stages:
+      mntp: {data: {train: ...}, steps: 300, ...}      # any training-config keys except stage/model/output
+      simcse: {data: {train: ...}, steps: 300, ...}
+      supervised: {...}                                  # optional; trained on top of MNTP, as in the paper
+    evaluate: {tasks: [sts], data: ../shared/data}       # optional
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ..errors import L2VError
+from .config import STAGES, TrainConfig, _build
+from .runner import train
+
+CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
+
+
+def load_convert_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise L2VError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise L2VError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    unknown = set(values) - CONVERT_KEYS
+    if unknown:
+        raise L2VError(f"{path}: unknown config key {sorted(unknown)[0]!r} (known: {', '.join(sorted(CONVERT_KEYS))})")
+    for key in ("model", "output", "stages"):
+        if key not in values:
+            raise L2VError(f"{path}: missing config key {key!r}")
+    stages = values["stages"] or {}
+    unknown_stages = set(stages) - set(STAGES)
+    if unknown_stages:
+        raise L2VError(f"{path}: unknown stage {sorted(unknown_stages)[0]!r} (stages: {', '.join(STAGES)})")
+    if "mntp" not in stages or not ({"simcse", "supervised"} & set(stages)):
+        raise L2VError(f"{path}: stages needs mntp and at least one of simcse, supervised")
+    configs = {}
+    output = Path(values["output"])
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        stage_values = dict(stages[stage] or {})
+        for reserved in ("stage", "model", "output", "adapters"):
+            if reserved in stage_values:
+                raise L2VError(f"{path}: stages.{stage}.{reserved} is set by convert; remove it")
+        adapters = [] if stage == "mntp" else [str(output / "mntp" / "encoder" / "adapter")]
+        configs[stage] = _build(TrainConfig, {**stage_values, "stage": stage, "model": values["model"],
+                                              "output": str(output / stage), "adapters": adapters}, f"stages.{stage}", str(path))
+        if not configs[stage].data.train and not configs[stage].data.hub:
+            raise L2VError(f"{path}: stages.{stage}.data.train (or data.hub) is required")
+    evaluate = values.get("evaluate") or None
+    if evaluate is not None:
+        unknown = set(evaluate) - {"tasks", "data", "files"}
+        if unknown:
+            raise L2VError(f"{path}: unknown config key evaluate.{sorted(unknown)[0]!r}")
+    return {"name": values.get("name") or output.name, "output": output, "stages": configs, "evaluate": evaluate}
+
+
+def convert(path: str | Path, show_progress: bool = True, log=print) -> Path:
+    plan = load_convert_config(path)
+    output: Path = plan["output"]
+    encoders = {}
+    for stage, config in plan["stages"].items():
+        log(f"== {stage} -> {config.output}")
+        encoders[stage] = train(config, show_progress=show_progress, log=log)
+    final_stage = "supervised" if "supervised" in encoders else "simcse"
+    final = output / "encoder"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(encoders[final_stage], final)
+    log(f"encoder: {final}")
+    if plan["evaluate"]:
+        from ..evaluate import run_evaluation, select_tasks
+
+        spec = plan["evaluate"]
+        tasks = spec.get("tasks") or []
+        tasks = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)]
+        selected = select_tasks(tasks, Path(spec["data"]) if spec.get("data") else None, list(spec.get("files") or []))
+        models = [str(final), str(encoders["mntp"])]
+        run_evaluation(models, selected, output / "eval", log=log)
+        log(f"evaluation report: {output / 'eval' / 'results.md'}")
+    return final
