@@ -130,3 +130,23 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert completed.returncode == 2
     assert completed.stderr.strip().startswith("error: input file not found")
     assert len(completed.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["encode", "--input", "x.txt", "--output", "o.npy"], "Missing option '--model'"),
+        (["encode", "-m", "x", "-i", "x.txt", "-o", "o.npy", "--batch-size", "0"], "--batch-size"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line(args, message):
+    completed = subprocess.run([sys.executable, "-m", "l2v.cli", *args], capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: ") and message in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_no_arguments_prints_help():
+    completed = subprocess.run([sys.executable, "-m", "l2v.cli"], capture_output=True, text=True)
+    assert completed.returncode == 0 and "encode" in completed.stdout and "eval" in completed.stdout

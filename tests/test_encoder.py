@@ -205,3 +205,20 @@ def test_causal_encoder_is_causal(tiny_llama_folder):
     info = causal.info()
     assert info["bidirectional_requested"] is False and info["bidirectional_verified"] is False
     assert Encoder.from_pretrained(str(tiny_llama_folder)).info()["bidirectional_verified"] is True
+
+
+def test_full_weight_save_keeps_the_original_config(tiny_encoder, tmp_path):
+    folder = tiny_encoder.save(tmp_path / "full", save_base_weights=True)
+    config = json.loads((folder / "config.json").read_text())
+    assert "_l2v_original_is_causal" not in config and config.get("is_causal", True) is True
+    assert tiny_encoder.info()["bidirectional_verified"] is True  # the live model is unchanged
+
+
+def test_a_different_pooling_on_a_saved_encoder_does_not_inherit_its_weights(tiny_llama_folder, sentences, tmp_path):
+    latent = Encoder.from_pretrained(str(tiny_llama_folder), pooling="latent_attention", pooling_options={"num_latents": 8, "num_heads": 4})
+    folder = latent.save(tmp_path / "latent")
+    mean = Encoder.from_pretrained(str(folder), pooling="mean")
+    assert mean.config.pooling_options == {}
+    assert np.abs(mean.encode(sentences) - Encoder.from_pretrained(str(tiny_llama_folder)).encode(sentences)).max() < 1e-6
+    with pytest.warns(UserWarning, match="random until trained"):
+        Encoder.from_pretrained(str(tiny_llama_folder), pooling="latent_attention")

@@ -169,3 +169,23 @@ def test_convert_chains_the_recipe_and_reports(tmp_path, tiny_llama_folder, sent
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(L2VError, match="unknown stage 'pretrain'"):
         load_convert_config(path)
+
+
+def test_numbers_written_without_a_dot_are_numbers(tmp_path, tiny_llama_folder):
+    path = write_config(tmp_path, tiny_llama_folder, "mntp")
+    path.write_text(path.read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3"))
+    assert load_config(path).learning_rate == pytest.approx(1e-3)
+    path.write_text(path.read_text().replace("learning_rate: 1e-3", "learning_rate: fast"))
+    with pytest.raises(L2VError, match="learning_rate must be a number"):
+        load_config(path)
+
+
+def test_resuming_with_a_changed_config_is_refused(tmp_path, tiny_llama_folder):
+    config = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=2))
+    train(config, show_progress=False, log=lambda *_: None)
+    changed = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=4, learning_rate=5e-4))
+    with pytest.raises(L2VError, match="different config"):
+        train(changed, show_progress=False, log=lambda *_: None)
+    longer = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=4))
+    train(longer, show_progress=False, log=lambda *_: None)  # more steps is fine
+    assert len(losses(tmp_path / "run")) == 4

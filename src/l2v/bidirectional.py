@@ -102,6 +102,9 @@ def model_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
 
 
 def _float_dtype(model) -> torch.dtype:
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
     for parameter in model.parameters():
         if parameter.is_floating_point():
             return parameter.dtype
@@ -133,6 +136,21 @@ def _first_position_state(model, input_ids: torch.Tensor, padded_batch: bool) ->
     return hidden[0, 0].float()
 
 
+def _padding_is_hidden(model, input_ids: torch.Tensor) -> bool:
+    """A right-padded row must equal the same tokens run alone: padding keys are masked out."""
+    short = input_ids[:, :-2]
+    padded_ids = torch.cat([input_ids, input_ids])
+    mask = torch.ones_like(padded_ids)
+    mask[1, -2:] = 0
+    with torch.inference_mode():
+        padded = model(**model_inputs(model, padded_ids, mask))
+        alone = model(**model_inputs(model, short, torch.ones_like(short)))
+    padded = (padded.last_hidden_state if hasattr(padded, "last_hidden_state") else padded[0])[1, :-2].float()
+    alone = (alone.last_hidden_state if hasattr(alone, "last_hidden_state") else alone[0])[0].float()
+    scale = alone.abs().max().clamp(min=1e-6)
+    return bool(((padded - alone).abs().max() / scale) < 1e-2)
+
+
 def is_bidirectional(model) -> bool:
     """Empirical check: does the first position see the last token, with and without padding in the batch?"""
     ids, changed = _probe_ids(model)
@@ -145,6 +163,8 @@ def is_bidirectional(model) -> bool:
             scale = first.abs().max().clamp(min=1e-6)
             if not bool(((first - second).abs().max() / scale) > 1e-5):
                 return False
+        if not _padding_is_hidden(model, ids):
+            return False
     finally:
         model.train(was_training)
     return True

@@ -292,7 +292,24 @@ def make_pairs(
 
 
 def main() -> None:
-    app()
+    """Entry point: usage errors too are one line on stderr (exit 2), never a multi-line panel."""
+    import logging
+
+    logging.getLogger("l2v").setLevel(logging.ERROR)  # the CLI prints its own notes (e.g. truncation)
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    try:
+        result = app(standalone_mode=False)
+    except Exception as error:  # typer vendors click, so match its exception classes by name
+        kinds = {cls.__name__ for cls in type(error).__mro__}
+        if "UsageError" in kinds:
+            typer.echo(f"error: {error.format_message()}", err=True)
+            raise SystemExit(EXIT_USER_ERROR) from None
+        if "Abort" in kinds:
+            typer.echo("error: aborted", err=True)
+            raise SystemExit(1) from None
+        raise
+    raise SystemExit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ class Encoder(torch.nn.Module):
         config = EncoderConfig(
             base_model=saved.base_model if saved else (resolved.location if resolved.builtin is None else str(model)),
             pooling=canonical_pooling(pooling or (saved.pooling if saved else "mean")),
-            pooling_options=dict(pooling_options if pooling_options is not None else (saved.pooling_options if saved else {})),
+            pooling_options=dict(pooling_options if pooling_options is not None else
+                                 (saved.pooling_options if saved and canonical_pooling(pooling or saved.pooling) == saved.pooling else {})),
             bidirectional=bool(bidirectional if bidirectional is not None else (saved.bidirectional if saved else True)),
             max_length=int(max_length or (saved.max_length if saved else 512)),
             instruction_format=instruction_format or (saved.instruction_format if saved else "{instruction}"),
@@ -178,10 +179,13 @@ class Encoder(torch.nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         pooling_module = build_pooling(config.pooling, _hidden_size(backbone), config.pooling_options)
-        if saved is not None and (folder / POOLING_WEIGHTS).exists():
+        same_pooling = saved is not None and saved.pooling == config.pooling and saved.pooling_options == config.pooling_options
+        if same_pooling and (folder / POOLING_WEIGHTS).exists():
             from safetensors.torch import load_file
 
             pooling_module.load_state_dict(load_file(folder / POOLING_WEIGHTS))
+        elif list(pooling_module.parameters()):
+            warnings.warn(f"pooling {config.pooling!r} has trainable weights and none were loaded: they are random until trained")
         pooling_module.to(device=device)
         encoder = cls(backbone, tokenizer, config, pooling_module, source=source)
         encoder.merged_adapter_folders = merged_folders
@@ -309,7 +313,7 @@ class Encoder(torch.nn.Module):
             raise L2VError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         if batch_size < 1:
             raise L2VError(f"batch_size must be at least 1, got {batch_size}")
-        single = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2 and all(isinstance(x, str) for x in texts))
+        single = isinstance(texts, str)  # one (instruction, text) pair is passed as [(instruction, text)]
         items = [texts] if single else list(texts)
         tokenized = self.tokenize(items, instruction=instruction)
         truncated = self.last_truncated
@@ -362,7 +366,8 @@ class Encoder(torch.nn.Module):
         full_weights = merge_adapters or save_base_weights or self.config.base_model == "."
         with atomic_dir(path, overwrite=overwrite) as tmp:
             if full_weights:
-                (_merged_copy(model) if has_adapters else model).save_pretrained(tmp, safe_serialization=True)
+                with _plain_configs(model):  # l2v's attention flags are runtime state, not part of the model
+                    (_merged_copy(model) if has_adapters else model).save_pretrained(tmp, safe_serialization=True)
                 config.base_model = "."
             else:
                 import shutil
@@ -499,6 +504,31 @@ def _apply_adapters(backbone, folder: Path, merge: bool):
         raise L2VError(f"{folder}: adapters are stored as a pickle (adapter_model.bin); l2v loads safetensors only")
     model = PeftModel.from_pretrained(backbone, str(folder))
     return model.merge_and_unload() if merge else model
+
+
+class _plain_configs:
+    """Temporarily remove l2v's attention flags from the model's configs (so config.json stays the original)."""
+
+    KEYS = ("is_causal", "_l2v_original_is_causal")
+
+    def __init__(self, model):
+        from .bidirectional import _configs
+
+        self.configs = _configs(model)
+        self.saved = []
+
+    def __enter__(self):
+        for config in self.configs:
+            removed = {k: config.__dict__.pop(k) for k in self.KEYS if k in config.__dict__}
+            original = removed.get("_l2v_original_is_causal")
+            if original is not None:
+                config.__dict__["is_causal"] = original
+            self.saved.append(removed)
+
+    def __exit__(self, *exc):
+        for config, removed in zip(self.configs, self.saved):
+            config.__dict__.pop("is_causal", None)
+            config.__dict__.update(removed)
 
 
 def _merged_copy(peft_model):

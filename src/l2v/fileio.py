@@ -30,6 +30,9 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes files private; outputs should read like any other
         os.replace(tmp_path, destination)
     finally:
         if tmp_path.exists():

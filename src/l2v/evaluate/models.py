@@ -27,6 +27,19 @@ def _weights_signature(folder: Path) -> list:
     )
 
 
+def _hub_revision(model_id) -> str | None:
+    """The cached commit of a hub model, so a new revision is not served stale embeddings."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            if repo.repo_id == str(model_id):
+                return ",".join(sorted(r.commit_hash for r in repo.revisions))
+    except Exception:  # noqa: BLE001 - no cache: no revision to record
+        return None
+    return None
+
+
 class EvalModel:
     """A named encoder with ``encode(texts, instruction)`` and ``token_states(words)`` for the word-level probes."""
 
@@ -49,11 +62,18 @@ class EvalModel:
             kind = "sentence-transformers"
         else:
             backend = Encoder.from_pretrained(model, **encoder_kwargs)
+            adapters = encoder_kwargs.get("adapters")
+            adapter_list = [adapters] if isinstance(adapters, (str, Path)) else list(adapters or [])
+            base = backend.config.base_model
+            base_folder = Path(resolve(base).location) if base not in (".", str(model)) else None
             description = {
                 "kind": "l2v",
                 "config": {k: v for k, v in backend.config.__dict__.items() if k != "l2v_version"},
                 "source": backend.source if resolved.builtin is None else resolved.builtin.gguf_sha256,
                 "weights": _weights_signature(folder) if resolved.builtin is None else [],
+                "base_weights": _weights_signature(base_folder) if base_folder is not None else [],
+                "adapter_weights": [_weights_signature(Path(a)) for a in adapter_list],
+                "hub_revision": _hub_revision(folder) if resolved.builtin is None and not folder.exists() else None,
                 "dtype": str(next(backend.model.parameters()).dtype),
                 "adapters": encoder_kwargs.get("adapters"),
             }

@@ -10,13 +10,17 @@ from .data import read_pairs_with_labels
 
 
 def best_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(-scores)
-    labels_sorted = labels[order]
-    positives_above = np.cumsum(labels_sorted)
-    negatives_below = (1 - labels_sorted)[::-1].cumsum()[::-1]
-    # threshold after position i: predict positive for the first i+1
-    correct = positives_above + np.append(negatives_below[1:], 0)
-    return float(max(correct.max(), (1 - labels).sum()) / len(labels))
+    """Best accuracy of "positive if score >= t" over thresholds t; tied scores are never split."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    positives_above = np.cumsum(sorted_labels)  # true positives when the first i+1 are called positive
+    negatives_total = (1 - labels).sum()
+    negatives_above = np.arange(1, len(labels) + 1) - positives_above
+    correct = positives_above + (negatives_total - negatives_above)
+    # only cut where the next score differs (or after the last)
+    valid = np.append(sorted_scores[:-1] != sorted_scores[1:], True)
+    best = correct[valid].max() if valid.any() else 0
+    return float(max(best, negatives_total) / len(labels))
 
 
 def evaluate_pair_classification(model, path, instruction: str = "") -> dict:

@@ -49,8 +49,10 @@ def run_evaluation(models: list[str], tasks: list[Task], output: Path, cache_dir
     # task-major: with several models, every model finishes a task before the next task starts
     for task in tasks:
         for spec, model in loaded:
+            signature = task.signature()
             done = [r for r in previous if r.get("model") == spec and r.get("task") == task.name
-                    and r.get("fingerprint") == model.fingerprint and r.get("instructions") == instructions]
+                    and r.get("fingerprint") == model.fingerprint and r.get("instructions") == instructions
+                    and r.get("task_signature") == signature]
             if done:
                 records.append(done[0])
                 log(f"{spec:28s} {task.name:18s} {done[0]['metric']} {done[0]['value']:.2f} (from {output / 'results.json'})")
@@ -64,7 +66,7 @@ def run_evaluation(models: list[str], tasks: list[Task], output: Path, cache_dir
                 "model": spec, "fingerprint": model.fingerprint, "task": task.name, "family": task.family,
                 "split": task.split, "metric": metric, "value": metrics[metric], "n_examples": metrics.get("n_examples"),
                 "seconds": round(seconds, 2), "texts_encoded": model.encoded_texts - encoded_before,
-                "instructions": instructions, "details": metrics,
+                "instructions": instructions, "task_signature": signature, "details": metrics,
             }
             records.append(record)
             log(f"{spec:28s} {task.name:18s} {metric} {record['value']:.2f} ({seconds:.0f} s)")

@@ -42,6 +42,21 @@ class Task:
     run: Callable = field(repr=False)  # (model, instruction) -> metrics dict
     instruction_key: str = ""
 
+    options: dict = field(default_factory=dict)
+
+    def signature(self) -> str:
+        """Files (absolute path, size, modification time) and protocol options: a finished result is reused
+        only when all of them are unchanged."""
+        import hashlib
+        import json
+
+        files = []
+        for path in self.files:
+            path = Path(path).resolve()
+            stat = path.stat() if path.exists() else None
+            files.append([str(path), stat.st_size if stat else None, int(stat.st_mtime) if stat else None])
+        return hashlib.sha256(json.dumps([files, self.options], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def instruction(self, enabled: bool) -> str:
         if not enabled:
             return ""
@@ -98,6 +113,8 @@ def default_tasks(data: Path, options: TaskOptions | None = None) -> list[Task]:
         tasks.append(Task(f"conll2003_{tag}", "word_level", "test", [word / "conll2003_train.jsonl", word / "conll2003_test.jsonl"],
                           lambda m, i, t=tag: evaluate_word_level(m, word / "conll2003_train.jsonl", word / "conll2003_test.jsonl",
                                                                   tag=t, **options.word())))
+    for task in tasks:
+        task.options = dict(options.__dict__)
     return tasks
 
 
@@ -132,7 +149,9 @@ def user_task(spec: str, options: TaskOptions | None = None) -> Task:
         if len(paths) != 2:
             raise L2VError(f"--file {spec!r}: word_level needs TRAIN:TEST[:TAG]")
         run = lambda m, i: evaluate_word_level(m, paths[0], paths[1], tag=tag or "pos", **options.word())  # noqa: E731
-    return Task(name, family, "user", paths, run)
+    task = Task(name, family, "user", paths, run)
+    task.options = dict(options.__dict__)
+    return task
 
 
 def select_tasks(names: list[str], data: Path | None, files: list[str], options: TaskOptions | None = None) -> list[Task]:
@@ -154,7 +173,12 @@ def select_tasks(names: list[str], data: Path | None, files: list[str], options:
                     raise L2VError(f"task {task.name}: data file not found: {missing[0]}")
                 if task not in tasks:
                     tasks.append(task)
-    tasks += [user_task(spec, options) for spec in files]
+    for spec in files:
+        task = user_task(spec, options)
+        taken = {t.name for t in tasks}
+        if task.name in taken:  # two user files with the same name in different folders
+            task.name = f"{task.name}#{sum(1 for n in taken if n.split('#')[0] == task.name) + 1}"
+        tasks.append(task)
     if not tasks:
         raise L2VError("no tasks: pass --tasks (with --data) and/or --file FAMILY:PATH")
     return tasks

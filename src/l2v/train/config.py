@@ -114,4 +114,20 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
             raise L2VError(f"{path}: {name} must be a positive integer, got {getattr(config, name)!r}")
     if not config.data.train and not config.data.hub:
         raise L2VError(f"{path}: data.train (a local file) or data.hub (a dataset name) is required")
+    coerce_numbers(config, str(path))
     return config
+
+
+def coerce_numbers(config: "TrainConfig", source: str) -> None:
+    """YAML reads 5e-5 (no dot) as a string: turn numeric fields into floats, naming any that are not numbers."""
+    fields = [(config, "learning_rate"), (config, "weight_decay"), (config, "max_grad_norm"), (config.lora, "dropout"),
+              (config.mntp, "probability"), (config.contrastive, "temperature"), (config.contrastive, "attention_dropout")]
+    for owner, name in fields:
+        value = getattr(owner, name)
+        if value is None:
+            continue
+        try:
+            setattr(owner, name, float(value))
+        except (TypeError, ValueError):
+            prefix = "" if owner is config else {id(config.lora): "lora.", id(config.mntp): "mntp.", id(config.contrastive): "contrastive."}[id(owner)]
+            raise L2VError(f"{source}: {prefix}{name} must be a number, got {value!r}") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import L2VError
-from .config import STAGES, TrainConfig, _build
+from .config import STAGES, TrainConfig, _build, coerce_numbers
 from .runner import train
 
 CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
@@ -58,6 +58,7 @@ def load_convert_config(path: str | Path) -> dict:
         adapters = [] if stage == "mntp" else [str(output / "mntp" / "encoder" / "adapter")]
         configs[stage] = _build(TrainConfig, {**stage_values, "stage": stage, "model": values["model"],
                                               "output": str(output / stage), "adapters": adapters}, f"stages.{stage}", str(path))
+        coerce_numbers(configs[stage], f"{path}: stages.{stage}")
         if not configs[stage].data.train and not configs[stage].data.hub:
             raise L2VError(f"{path}: stages.{stage}.data.train (or data.hub) is required")
     evaluate = values.get("evaluate") or None

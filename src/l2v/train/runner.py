@@ -37,9 +37,9 @@ def _init_distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # before the process group, so collectives use this process's GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -95,6 +95,16 @@ class Stage:
         from ..encoder import Encoder
 
         self.config, self.rank, self.world = config, rank, world
+        # Data first: a bad file fails before any model is loaded.
+        if config.stage == "supervised":
+            self.examples = load_triples(config.data)
+            groups: dict[str, list[int]] = {}
+            for index, triple in enumerate(self.examples):
+                groups.setdefault(triple.dataset, []).append(index)
+        else:
+            self.examples = load_texts(config.data)
+            groups = {"default": list(range(len(self.examples)))}
+        self.plan = BatchPlan(groups, config.batch_size * world, config.seed)
         if config.stage == "mntp":
             self._init_mntp()
         else:
@@ -110,15 +120,6 @@ class Stage:
             self.encoder.model = _apply_lora(self.encoder.model, config)
             self.module = self.encoder
             self.tokenizer = self.encoder.tokenizer
-        if config.stage == "supervised":
-            self.examples = load_triples(config.data)
-            groups: dict[str, list[int]] = {}
-            for index, triple in enumerate(self.examples):
-                groups.setdefault(triple.dataset, []).append(index)
-        else:
-            self.examples = load_texts(config.data)
-            groups = {"default": list(range(len(self.examples)))}
-        self.plan = BatchPlan(groups, config.batch_size * world, config.seed)
 
     def _device(self) -> torch.device:
         if torch.cuda.is_available():
@@ -152,7 +153,8 @@ class Stage:
             parameter.requires_grad_(False)
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
         backbone = _apply_lora(backbone, config)
-        encoder_config = EncoderConfig(base_model=config.model, pooling=config.pooling, bidirectional=True, max_length=config.max_length)
+        base = resolved.location if resolved.builtin is None else config.model  # a folder is stored absolute
+        encoder_config = EncoderConfig(base_model=base, pooling=config.pooling, bidirectional=True, max_length=config.max_length)
         self.encoder = Encoder(backbone, tokenizer, encoder_config, build_pooling(config.pooling, backbone.config.hidden_size))
         self.encoder.merged_adapter_folders = [Path(f) for f in config.adapters]
         self.module = self.encoder
@@ -168,7 +170,7 @@ class Stage:
 
             batch = encoder.collate(encoder.tokenize([self.examples[i] for i in local]))
             special = batch["pooling_mask"].eq(0) & batch["attention_mask"].bool()
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)  # a stream apart from dropout's
             corrupted, labels = mask_for_mntp(batch["input_ids"], batch["attention_mask"], special, self.mask_id,
                                               self.vocab_size, MaskingConfig(probability=config.mntp.probability), generator)
             device = encoder.device
@@ -206,6 +208,17 @@ def _latest_checkpoint(output: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def config_signature(config: TrainConfig) -> str:
+    """What must not change between a checkpoint and its resumption (steps, output and cadence may)."""
+    import dataclasses
+    import hashlib
+
+    values = dataclasses.asdict(config)
+    for key in ("steps", "output", "save_every", "log_every"):
+        values.pop(key)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _save_checkpoint(output: Path, step: int, stage: Stage, optimizer, scheduler, keep: int = 2) -> Path:
     from safetensors.torch import save_file
 
@@ -226,6 +239,7 @@ def _save_checkpoint(output: Path, step: int, stage: Stage, optimizer, scheduler
             save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
         state = {
             "step": step,
+            "config_signature": config_signature(stage.config),
             "scheduler": scheduler.state_dict(),
             "optimizer_scalars": optimizer_scalars,
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
@@ -241,6 +255,9 @@ def _load_checkpoint(folder: Path, stage: Stage, optimizer, scheduler) -> int:
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text())
+    if state.get("config_signature") != config_signature(stage.config):
+        raise L2VError(f"{folder} was written with a different config (only steps, output, save_every and log_every may "
+                       "change when resuming); use a new output folder or restore the config")
     trainable = stage.trainable()
     weights = load_file(str(folder / "trainable.safetensors"))
     if set(weights) != set(trainable):
@@ -270,7 +287,14 @@ def _load_checkpoint(folder: Path, stage: Stage, optimizer, scheduler) -> int:
 def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by the crash
+            continue
+        if record.get("step", step + 1) <= step:
+            kept.append(line)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept))
 
@@ -299,9 +323,9 @@ def loss_curve(metrics_path: Path, png_path: Path) -> None:
 def train(config: TrainConfig, show_progress: bool = True, log=print) -> Path:
     rank, world = _init_distributed()
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     stage = Stage(config, rank, world)
+    output.mkdir(parents=True, exist_ok=True)
     parameters = list(stage.trainable().values())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
