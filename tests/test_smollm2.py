@@ -78,3 +78,17 @@ def test_converted_weights_are_still_the_language_model():
     inputs = tokenizer("The capital of France is", return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert tokenizer.decode(output[0, inputs["input_ids"].shape[1]:]).strip().startswith("Paris")
+
+
+def test_word_level_pieces_match_tokenising_the_sentence():
+    """The word-level probes tokenise words one by one (" " + word after the first); for the real tokenizers
+    that must give the ids of the whole sentence, so probes see the text as the encoder does."""
+    from transformers import AutoTokenizer
+
+    from l2v.registry import resolve
+
+    words = ["SOCCER", "-", "JAPAN", "GET", "LUCKY", "WIN", ",", "CHINA", "IN", "SURPRISE", "DEFEAT", "."]
+    for location in (builtin_folder("smollm2-135m"), builtin_folder("gemma3-270m"), resolve("minilm-l6").location):
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        pieces = tokenizer([(" " + w) if i else w for i, w in enumerate(words)], add_special_tokens=False)["input_ids"]
+        assert [t for p in pieces for t in p] == tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
