@@ -222,3 +222,12 @@ def test_a_different_pooling_on_a_saved_encoder_does_not_inherit_its_weights(tin
     assert np.abs(mean.encode(sentences) - Encoder.from_pretrained(str(tiny_llama_folder)).encode(sentences)).max() < 1e-6
     with pytest.warns(UserWarning, match="random until trained"):
         Encoder.from_pretrained(str(tiny_llama_folder), pooling="latent_attention")
+
+
+def test_repeated_texts_are_encoded_once(tiny_encoder, sentences):
+    repeated = sentences + sentences[:3] + [("classify the sentiment of the review", sentences[0])]
+    out = tiny_encoder.encode(repeated, batch_size=2)
+    assert tiny_encoder.last_encoded == len(sentences) + 1  # the instruction makes the last one distinct
+    assert np.array_equal(out[len(sentences):len(sentences) + 3], out[:3])
+    assert np.abs(out[-1] - out[0]).max() > 1e-4
+    assert np.abs(out[: len(sentences)] - tiny_encoder.encode(sentences)).max() < 1e-6

@@ -85,6 +85,7 @@ class Encoder(torch.nn.Module):
         self.padding_side = "right"
         self.merged_adapter_folders: list[Path] = []  # adapters folded into the backbone at load, saved with it
         self.last_truncated = 0  # how many texts the last encode()/tokenize() call truncated
+        self.last_encoded = 0  # how many distinct inputs the last encode() ran through the model
         self._instruction_cache: dict[str, list[int]] = {}
         self._prefix, self._suffix = self._special_tokens()
         placeholder = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
@@ -315,8 +316,18 @@ class Encoder(torch.nn.Module):
             raise L2VError(f"batch_size must be at least 1, got {batch_size}")
         single = isinstance(texts, str)  # one (instruction, text) pair is passed as [(instruction, text)]
         items = [texts] if single else list(texts)
-        tokenized = self.tokenize(items, instruction=instruction)
+        all_tokenized = self.tokenize(items, instruction=instruction)
         truncated = self.last_truncated
+        # Identical inputs are encoded once: exact, because a text's embedding does not depend on its batch.
+        first_of: dict[tuple, int] = {}
+        source_row = []
+        for item in all_tokenized:
+            key = (tuple(item.input_ids), tuple(item.pooling_mask))
+            source_row.append(first_of.setdefault(key, len(first_of)))
+        tokenized = [None] * len(first_of)
+        for item, row in zip(all_tokenized, source_row):
+            tokenized[row] = item
+        self.last_encoded = len(tokenized)  # distinct inputs actually run through the model
         hidden_size = _hidden_size(self.model)
         if truncate_dim is not None and not 1 <= truncate_dim <= hidden_size:
             raise L2VError(f"truncate_dim must be between 1 and {hidden_size}, got {truncate_dim}")
@@ -339,6 +350,8 @@ class Encoder(torch.nn.Module):
             progress.close()
             self.train(was_training)
         self.last_truncated = truncated
+        if len(tokenized) != len(all_tokenized):
+            output = output[torch.tensor(source_row, dtype=torch.long)]
         if truncated:
             logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated", truncated, len(items), self.config.max_length)
         result = _quantize(output.numpy(), precision, normalize, quantization_ranges)
