@@ -31,6 +31,7 @@ def test_hub_offline_gives_a_clear_error(monkeypatch, tmp_path):
 
 def test_hub_ids_pass_through_when_online(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(registry, "_hub_reachable", lambda timeout=3.0: True)
     resolved = registry.resolve("McGill-NLP/LLM2Vec-Sheared-LLaMA-mntp")
     assert resolved.location == "McGill-NLP/LLM2Vec-Sheared-LLaMA-mntp" and not resolved.local_files_only
 
@@ -67,3 +68,11 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "done").write_text("ok")
     assert (target / "done").read_text() == "ok"
+
+
+def test_unreachable_hub_fails_at_once(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ModelNotFoundError, match="cannot be reached and the model is not in the local cache"):
+        registry.resolve("someone/some-model")

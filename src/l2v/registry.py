@@ -235,4 +235,38 @@ def resolve(model: str) -> ResolvedModel:
                 "download it once with network access (unset HF_HUB_OFFLINE) or pass a local folder"
             ) from None
         return ResolvedModel(folder, f"Hugging Face cache for {model} (offline)", None, True)
+    if not _hub_reachable():
+        # No network: use the local cache if it has the model, else say so at once (instead of the hub
+        # client's retry loop, which takes about 25 s per file).
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(model, local_files_only=True)
+        except Exception:
+            raise ModelNotFoundError(
+                f"model {model!r}: the Hugging Face Hub ({_hub_host()}) cannot be reached and the model is not in the "
+                "local cache; connect to the internet, or pass a local folder"
+            ) from None
+        return ResolvedModel(folder, f"Hugging Face cache for {model} (hub unreachable)", None, True)
     return ResolvedModel(model, f"Hugging Face Hub {model}", None, False)
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return urlparse(endpoint).hostname or "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the hub endpoint (DNS failure or no route answers in well under a second)."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
