@@ -80,7 +80,7 @@ def read_labelled_texts(path: str | Path) -> tuple[list[str], list[str]]:
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     records = []
     for number, line in enumerate(_decode_lines(path), start=1):
         if not line.strip():
@@ -110,10 +110,10 @@ class RetrievalData:
 def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
     folder = Path(folder)
     corpus = {}
-    for record in _read_jsonl(folder / "corpus.jsonl", ("_id", "text")):
+    for record in read_jsonl(folder / "corpus.jsonl", ("_id", "text")):
         title = (record.get("title") or "").strip()
         corpus[str(record["_id"])] = f"{title} {record['text']}".strip() if title else record["text"]
-    queries = {str(r["_id"]): r["text"] for r in _read_jsonl(folder / "queries.jsonl", ("_id", "text"))}
+    queries = {str(r["_id"]): r["text"] for r in read_jsonl(folder / "queries.jsonl", ("_id", "text"))}
     qrels_path = folder / "qrels" / f"{split}.tsv"
     rows = read_tsv(qrels_path, ["query-id", "corpus-id", "score"])
     qrels: dict[str, dict[str, int]] = {}
@@ -135,7 +135,7 @@ class TaggedSentence:
 def read_conll_jsonl(path: str | Path, tag_names: tuple[str, ...] = ("pos", "chunk", "ner")) -> list[TaggedSentence]:
     path = Path(path)
     sentences = []
-    for number, record in enumerate(_read_jsonl(path, ("tokens",)), start=1):
+    for number, record in enumerate(read_jsonl(path, ("tokens",)), start=1):
         tokens = record["tokens"]
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens) or not tokens:
             raise InputFileError(f"{path}: record {number}: 'tokens' must be a non-empty list of strings")

@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from .data import read_pairs_with_labels
+from .sts import pair_cosines
 
 
 def best_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -25,9 +26,7 @@ def best_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def evaluate_pair_classification(model, path, instruction: str = "") -> dict:
     data = read_pairs_with_labels(path)
-    left = model.encode(data.sentences1, instruction)
-    right = model.encode(data.sentences2, instruction)
-    cosine = (left * right).sum(axis=1) / (np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1) + 1e-12)
+    cosine = pair_cosines(model, data.sentences1, data.sentences2, instruction)
     labels = np.asarray(data.scores, dtype=np.int64)
     return {
         "main_metric": "cosine_ap",

@@ -9,11 +9,16 @@ from scipy.stats import pearsonr, spearmanr
 from .data import read_sts
 
 
+def pair_cosines(model, first: list[str], second: list[str], instruction: str = "") -> np.ndarray:
+    """Cosine similarity of each (first[i], second[i]) pair of texts."""
+    left = model.encode(first, instruction)
+    right = model.encode(second, instruction)
+    return (left * right).sum(axis=1) / (np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1) + 1e-12)
+
+
 def evaluate_sts(model, path, instruction: str = "") -> dict:
     data = read_sts(path)
-    left = model.encode(data.sentences1, instruction)
-    right = model.encode(data.sentences2, instruction)
-    cosine = (left * right).sum(axis=1) / (np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1) + 1e-12)
+    cosine = pair_cosines(model, data.sentences1, data.sentences2, instruction)
     gold = np.asarray(data.scores, dtype=np.float64)
     return {
         "main_metric": "cosine_spearman",

@@ -94,7 +94,8 @@ def _build(cls, values: Any, where: str, source: str):
         raise L2VError(f"{source}: {where or 'config'}: {error}") from None
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file, or a one-line error naming it."""
     path = Path(path)
     if not path.exists():
         raise L2VError(f"config file not found: {path}")
@@ -102,6 +103,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise L2VError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise L2VError(f"{path}: the config must be a mapping of keys to values, got {type(values).__name__}")
+    return values
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    path = Path(path)
+    values = read_yaml(path)
     values.update(overrides or {})
     for required in ("stage", "model", "output"):
         if required not in values:

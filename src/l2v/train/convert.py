@@ -17,10 +17,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import yaml
-
 from ..errors import L2VError
-from .config import STAGES, TrainConfig, _build, coerce_numbers
+from .config import STAGES, TrainConfig, _build, coerce_numbers, read_yaml
 from .runner import train
 
 CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
@@ -28,12 +26,7 @@ CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
 
 def load_convert_config(path: str | Path) -> dict:
     path = Path(path)
-    if not path.exists():
-        raise L2VError(f"config file not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise L2VError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    values = read_yaml(path)
     unknown = set(values) - CONVERT_KEYS
     if unknown:
         raise L2VError(f"{path}: unknown config key {sorted(unknown)[0]!r} (known: {', '.join(sorted(CONVERT_KEYS))})")

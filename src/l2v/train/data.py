@@ -3,12 +3,12 @@ or Hugging Face dataset names. Everything is validated before training starts.""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputFileError, L2VError
-from ..fileio import _decode_lines, read_texts
+from ..evaluate.data import read_jsonl
+from ..fileio import read_texts
 from .config import DataConfig
 
 
@@ -44,18 +44,12 @@ def load_triples(config: DataConfig) -> list[Triple]:
     else:
         path = Path(config.train)
         triples = []
-        for number, line in enumerate(_decode_lines(path), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputFileError(f"{path}: line {number} is not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("query"), str) or not isinstance(record.get("positive"), str):
-                raise InputFileError(f"{path}: line {number} needs string fields 'query' and 'positive'")
+        for number, record in enumerate(read_jsonl(path, ("query", "positive")), start=1):
+            if not isinstance(record["query"], str) or not isinstance(record["positive"], str):
+                raise InputFileError(f"{path}: record {number}: 'query' and 'positive' must be strings")
             negative = record.get("negative")
             if negative is not None and not isinstance(negative, str):
-                raise InputFileError(f"{path}: line {number}: 'negative' must be a string")
+                raise InputFileError(f"{path}: record {number}: 'negative' must be a string")
             triples.append(Triple(record["query"], record["positive"], negative, str(record.get("instruction", "")),
                                   str(record.get("dataset", "default"))))
     if config.max_examples:
