@@ -189,3 +189,22 @@ def test_resuming_with_a_changed_config_is_refused(tmp_path, tiny_llama_folder):
     longer = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=4))
     train(longer, show_progress=False, log=lambda *_: None)  # more steps is fine
     assert len(losses(tmp_path / "run")) == 4
+
+
+@pytest.mark.parametrize(
+    "lines,message",
+    [
+        (['{"query": "a", "positive": "b"}', '{"query": "c", "positive": '], "line 2 is not valid JSON"),
+        (['{"query": "a"}'], "line 1 has no 'positive' field"),
+        (['{"query": "a", "positive": 3}'], "'query' and 'positive' must be strings"),
+        (['{"query": "a", "positive": "b", "negative": "c"}', '{"query": "d", "positive": "e"}'], "every triple has a 'negative' or none"),
+    ],
+)
+def test_bad_triples_are_named(tmp_path, lines, message):
+    from l2v.train.config import DataConfig
+    from l2v.train.data import load_triples
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(L2VError, match=message):
+        load_triples(DataConfig(train=str(path)))
