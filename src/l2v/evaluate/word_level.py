@@ -8,8 +8,11 @@ For MNTP-trained models ``read_previous`` reads each word from the position befo
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from seqeval.metrics import f1_score as entity_f1
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -34,7 +37,9 @@ def evaluate_word_level(model, train_path, test_path, tag: str = "pos", layer: i
     y_test = np.concatenate([s.tags[tag] for s in test])
     scaler = StandardScaler().fit(x_train)
     probe = LogisticRegression(max_iter=max_iter, random_state=seed)
-    probe.fit(scaler.transform(x_train), y_train)
+    with warnings.catch_warnings():  # not converging within max_iter is recorded in the result, not printed
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(scaler.transform(x_train), y_train)
     predicted = probe.predict(scaler.transform(x_test))
     result = {
         "main_metric": "entity_f1" if tag == "ner" else "accuracy",
@@ -42,7 +47,8 @@ def evaluate_word_level(model, train_path, test_path, tag: str = "pos", layer: i
         "n_examples": int(len(y_test)),
         "n_sentences": len(test),
         "train_tokens": int(len(y_train)),
-        "probe": {"layer": layer, "subword": subword, "read_previous": read_previous},
+        "probe": {"layer": layer, "subword": subword, "read_previous": read_previous, "max_iter": max_iter,
+                  "converged": bool(int(max(probe.n_iter_)) < max_iter)},
     }
     if tag == "ner":
         sequences, cursor = [], 0
