@@ -38,7 +38,7 @@ def chart(records: list[dict], path: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in records))
     value = {(r["model"], r["task"]): r["value"] for r in records}
     width = 0.8 / max(len(models), 1)
-    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(tasks) * max(1, len(models)) ** 0.5 + 2), 4.5))
+    figure, axis = plt.subplots(figsize=(min(16.0, max(6.0, 0.35 * len(tasks) * len(models) + 2)), 5))
     positions = np.arange(len(tasks))
     for k, model in enumerate(models):
         heights = [value.get((model, t), 0.0) for t in tasks]
