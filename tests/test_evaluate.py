@@ -209,3 +209,13 @@ def test_sts_equals_mtebs_own_evaluator(tiny_llama_folder, tmp_path):
     ours = evaluate_sts(EvalModel.load(str(tiny_llama_folder)), path)["cosine_spearman"]
     theirs = mteb_sts_spearman(L2VMtebEncoder(str(tiny_llama_folder)), *map(list, zip(*rows)))
     assert ours == pytest.approx(theirs, abs=1e-6)
+
+
+def test_cache_is_written_in_chunks(tiny_llama_folder, tmp_path):
+    model = EvalModel.load(str(tiny_llama_folder), cache_dir=tmp_path / "cache")
+    model.cache_chunk = 2
+    writes = []
+    original = model.cache.put_many
+    model.cache.put_many = lambda *args: (writes.append(len(args[2])), original(*args))
+    model.encode(["the cat", "paris", "the dog sleeps", "a man is playing a guitar", "paris"])
+    assert writes == [2, 2]  # 4 distinct texts, stored two at a time (an interrupted task keeps them)

@@ -47,6 +47,7 @@ class EvalModel:
         self.name, self.backend, self.kind = name, backend, kind
         self.fingerprint, self.cache, self.batch_size = fingerprint, cache, batch_size
         self.encoded_texts = 0  # texts actually run through the model (cache misses)
+        self.cache_chunk = 512  # texts encoded between two cache writes
         self._word_features: dict[str, list[np.ndarray]] = {}  # POS, chunk and NER probes share one pass
 
     @classmethod
@@ -98,10 +99,12 @@ class EvalModel:
         if self.cache is not None:
             found = self.cache.get_many(self.fingerprint, instruction, distinct)
             missing = [t for t in distinct if t not in found]
-            if missing:
-                vectors = self._encode_uncached(missing, instruction)
-                self.cache.put_many(self.fingerprint, instruction, missing, vectors)
-                found.update(zip(missing, vectors))
+            # In chunks, each stored as soon as it is done: an interrupted task keeps what it encoded.
+            for start in range(0, len(missing), self.cache_chunk):
+                chunk = missing[start: start + self.cache_chunk]
+                vectors = self._encode_uncached(chunk, instruction)
+                self.cache.put_many(self.fingerprint, instruction, chunk, vectors)
+                found.update(zip(chunk, vectors))
         else:
             found = dict(zip(distinct, self._encode_uncached(distinct, instruction))) if distinct else {}
         if not texts:
