@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

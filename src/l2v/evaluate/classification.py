@@ -42,9 +42,7 @@ def evaluate_classification(model, train_path, test_path=None, instruction: str 
     if test_path is not None:
         test_texts, test_labels = read_labelled_texts(test_path)
         train_y, test_y = np.asarray(train_labels), np.asarray(test_labels)
-        rng = np.random.default_rng(seed)
         needed = sorted({int(j) for i in range(n_experiments) for j in _undersample(train_y, samples_per_label, np.random.default_rng(seed + i))})
-        del rng
         train_x = np.zeros((len(train_texts), model.dimension), dtype=np.float32)
         train_x[needed] = model.encode([train_texts[j] for j in needed], instruction)  # only what is used
         test_x = model.encode(test_texts, instruction)
