@@ -291,6 +291,168 @@ def make_pairs(
     _run(action)
 
 
+def _parse_prompts(values: list[str]) -> dict[str, str]:
+    prompts = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name.strip() or not text:
+            raise L2VError(f"--prompt must look like NAME=INSTRUCTION, got {value!r}")
+        prompts[name.strip()] = text
+    return prompts
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="built-in name, Hugging Face id, model folder or l2v encoder folder"),
+    output: Path = typer.Option(..., "--output", "-o", help="the folder to write (must not exist unless --overwrite)"),
+    format: str = typer.Option("sentence-transformers", "--format", help="sentence-transformers or hf"),
+    prompt: list[str] = typer.Option([], "--prompt", help="NAME=INSTRUCTION, a sentence-transformers prompt (repeatable)"),
+    default_prompt: Optional[str] = typer.Option(None, "--default-prompt", help="the prompt applied when none is named"),
+    adapters: Optional[Path] = typer.Option(None, help="a peft LoRA adapter folder to merge in"),
+    pooling: Optional[str] = typer.Option(None, help="override the pooling"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=2),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing folder"),
+):
+    """Write merged safetensors weights as a sentence-transformers folder or a plain Hugging Face folder."""
+    _quiet_libraries()
+
+    def action():
+        from .encoder import Encoder
+        from .export import FORMATS
+        from .export import export as run_export
+
+        if format not in FORMATS:
+            raise L2VError(f"unknown --format {format!r}; choose one of: {', '.join(FORMATS)}")
+        prompts = _parse_prompts(prompt)
+        if output.exists() and not overwrite:
+            raise L2VError(f"{output} already exists (pass --overwrite to replace it)")
+        encoder = Encoder.from_pretrained(model, adapters=str(adapters) if adapters else None, pooling=pooling, max_length=max_length)
+        run_export(encoder, output, format=format, prompts=prompts, default_prompt_name=default_prompt, overwrite=overwrite)
+        how = (f"SentenceTransformer({str(output)!r}, trust_remote_code=True)" if format == "sentence-transformers"
+               else f"l2v.Encoder.from_pretrained({str(output)!r})")
+        typer.echo(f"wrote {output} (load it with {how})", err=True)
+
+    _run(action)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(..., "--model", "-m", help="built-in name, Hugging Face id, model folder or l2v encoder folder"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
+    port: int = typer.Option(8000, min=0, max=65535),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="L2V_API_KEY", help="require 'Authorization: Bearer KEY'"),
+    served_name: Optional[str] = typer.Option(None, "--served-name", help="the model name clients send (default: --model)"),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests into one forward pass"),
+    max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens", min=1, help="token budget of one merged batch"),
+    max_texts: int = typer.Option(2048, "--max-texts", min=1, help="texts per request (more: 413)"),
+    max_chars: int = typer.Option(100_000, "--max-chars", min=1, help="characters per text (more: 413)"),
+    max_queue: int = typer.Option(8192, "--max-queue", min=1, help="texts waiting for the model (more: 503 + Retry-After)"),
+    request_timeout: float = typer.Option(120.0, "--request-timeout", min=0.1, help="seconds before a request gets 504"),
+    truncate: bool = typer.Option(False, "--truncate/--no-truncate", help="cut texts over --max-length tokens instead of 413"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=2),
+    metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="expose Prometheus /metrics"),
+    dtype: str = typer.Option("float32", help="compute dtype: float32, bfloat16, float16 (GPU), auto"),
+    device: Optional[str] = typer.Option(None),
+):
+    """Serve embeddings over HTTP, compatible with the OpenAI embeddings API (POST /v1/embeddings)."""
+    _quiet_libraries()
+
+    def action():
+        from .encoder import Encoder
+        from .serve.app import ServerSettings
+        from .serve.app import serve as run_server
+
+        if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+            typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+        encoder = Encoder.from_pretrained(model, max_length=max_length, dtype=dtype, device=device)
+        settings = ServerSettings(model_name=served_name or model, api_key=api_key, max_texts_per_request=max_texts,
+                                  max_chars_per_text=max_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens,
+                                  batching=batching, request_timeout=request_timeout, truncate=truncate, metrics=metrics)
+        run_server(encoder, settings, host=host, port=port)
+
+    _run(action)
+
+
+@app.command("embed-corpus")
+def embed_corpus(
+    model: str = typer.Option(..., "--model", "-m", help="built-in name, Hugging Face id, model folder or l2v encoder folder"),
+    input: Path = typer.Option(..., "--input", "-i", help=".txt (one text per line), .jsonl ({'text', 'id'}) or .parquet"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for shards and manifest.json"),
+    shard_size: int = typer.Option(10_000, "--shard-size", min=1, help="records per shard"),
+    dtype: str = typer.Option("float32", "--dtype", help="stored embedding type: float32 or float16"),
+    text_field: str = typer.Option("text", "--text-field"),
+    id_field: str = typer.Option("id", "--id-field", help="ids come from this field when present, else the record number"),
+    instruction: Optional[str] = typer.Option(None, help="instruction for every text"),
+    normalize: bool = typer.Option(True, "--normalize/--no-normalize"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=2),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Embed a large file into resumable shards. Rerun the same command to resume; run under torchrun to scale out."""
+    _quiet_libraries()
+
+    def action():
+        from .serve.corpus import CorpusJob
+        from .serve.corpus import embed_corpus as run_job
+
+        model_ref = str(Path(model).resolve()) if Path(model).exists() else model
+        job = CorpusJob(model=model_ref, input=str(input), output=str(output), shard_size=shard_size, dtype=dtype,
+                        text_field=text_field, id_field=id_field, instruction=instruction, normalize=normalize,
+                        max_length=max_length, batch_size=batch_size)
+        result = run_job(job, show_progress=progress, log=lambda line: typer.echo(line, err=True))
+        if result.get("complete"):
+            typer.echo(f"wrote {output}: {result['records']} records in {result['shards']} shards "
+                       f"({result['dimension']} dims, {result['dtype']})", err=True)
+        else:
+            typer.echo(f"this process's shards are done; {result['shards_missing']} shards are left to other ranks", err=True)
+
+    _run(action)
+
+
+@app.command()
+def search(
+    folder: Path = typer.Argument(..., help="an embed-corpus output folder"),
+    query: list[str] = typer.Option(..., "--query", "-q", help="query text (repeatable)"),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1),
+    instruction: Optional[str] = typer.Option(None, help="instruction for the queries"),
+    show_text: bool = typer.Option(False, "--show-text", help="print each hit's text (re-reads the input file)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+):
+    """Exact cosine top-k over an embed-corpus folder, for a quick look."""
+    _quiet_libraries()
+
+    def action():
+        from .serve.corpus import CorpusJob, iter_records, load_manifest
+        from .serve.corpus import search as run_search
+
+        results = run_search(folder, list(query), top_k=top_k, instruction=instruction)
+        texts = {}
+        if show_text:
+            manifest = load_manifest(folder)
+            wanted = {record_id for hits in results for _, record_id in hits}
+            job = CorpusJob(model=manifest["model"], input=manifest["input"], output=str(folder),
+                            text_field=manifest["text_field"], id_field=manifest["id_field"])
+            if not Path(job.input).exists():
+                raise L2VError(f"--show-text: the input file {job.input} is gone")
+            for record_id, text in iter_records(job):
+                key = record_id if manifest["id_kind"] == "int" else str(record_id)
+                if key in wanted:
+                    texts[key] = text
+        if as_json:
+            typer.echo(json.dumps([{"query": q, "hits": [{"id": i, "score": s, **({"text": texts.get(i)} if show_text else {})}
+                                                         for s, i in hits]} for q, hits in zip(query, results)], indent=2))
+            return
+        for q, hits in zip(query, results):
+            typer.echo(f"query: {q}")
+            for rank, (score, record_id) in enumerate(hits, start=1):
+                line = f"  {rank:>3}. {score:.4f}  {record_id}"
+                if show_text:
+                    line += f"  {texts.get(record_id, '')[:120]}"
+                typer.echo(line)
+
+    _run(action)
+
+
 def main() -> None:
     """Entry point: usage errors too are one line on stderr (exit 2), never a multi-line panel."""
     import logging

@@ -317,29 +317,54 @@ class Encoder(torch.nn.Module):
         items = [texts] if single else list(texts)
         all_tokenized = self.tokenize(items, instruction=instruction)
         truncated = self.last_truncated
-        # Identical inputs are encoded once: exact, because a text's embedding does not depend on its batch.
-        first_of: dict[tuple, int] = {}
-        source_row = []
-        for item in all_tokenized:
-            key = (tuple(item.input_ids), tuple(item.pooling_mask))
-            source_row.append(first_of.setdefault(key, len(first_of)))
-        tokenized = [None] * len(first_of)
-        for item, row in zip(all_tokenized, source_row):
-            tokenized[row] = item
-        self.last_encoded = len(tokenized)  # distinct inputs actually run through the model
+        output = self.embed_tokenized(all_tokenized, batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
+                                      normalize=normalize, truncate_dim=truncate_dim, show_progress=show_progress)
+        self.last_truncated = truncated
+        if truncated:
+            logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated", truncated, len(items), self.config.max_length)
+        result = _quantize(output.numpy(), precision, normalize, quantization_ranges)
+        if single:
+            result = result[0]
+        return torch.from_numpy(result) if convert_to == "torch" else result
+
+    def embed_tokenized(
+        self,
+        tokenized: Sequence[Tokenized],
+        batch_size: int = 32,
+        max_tokens_per_batch: int | None = 16384,
+        normalize: bool = True,
+        truncate_dim: int | None = None,
+        show_progress: bool = False,
+    ) -> torch.Tensor:
+        """Float32 embeddings (CPU tensor, one row per item, in order) of already tokenised inputs.
+
+        The one place the model runs at inference: ``encode``, the server's micro-batcher and the corpus job all
+        come here. Identical inputs are run once (exact, since an embedding does not depend on its batch).
+        """
+        if batch_size < 1:
+            raise L2VError(f"batch_size must be at least 1, got {batch_size}")
         hidden_size = _hidden_size(self.model)
         if truncate_dim is not None and not 1 <= truncate_dim <= hidden_size:
             raise L2VError(f"truncate_dim must be between 1 and {hidden_size}, got {truncate_dim}")
+        first_of: dict[tuple, int] = {}
+        source_row = []
+        for item in tokenized:
+            key = (tuple(item.input_ids), tuple(item.pooling_mask))
+            source_row.append(first_of.setdefault(key, len(first_of)))
+        distinct: list = [None] * len(first_of)
+        for item, row in zip(tokenized, source_row):
+            distinct[row] = item
+        self.last_encoded = len(distinct)  # distinct inputs actually run through the model
         dim = truncate_dim or hidden_size
-        output = torch.empty((len(tokenized), dim), dtype=torch.float32)
-        batches = list(_token_budget_batches([len(t.input_ids) for t in tokenized], batch_size, max_tokens_per_batch))
+        output = torch.empty((len(distinct), dim), dtype=torch.float32)
+        batches = list(_token_budget_batches([len(t.input_ids) for t in distinct], batch_size, max_tokens_per_batch))
         was_training = self.training
         self.eval()
-        progress = tqdm(total=len(tokenized), desc="Encoding", unit="text", disable=not show_progress)
+        progress = tqdm(total=len(distinct), desc="Encoding", unit="text", disable=not show_progress)
         try:
             with torch.inference_mode():
                 for batch_indices in batches:
-                    features = self.collate([tokenized[i] for i in batch_indices])
+                    features = self.collate([distinct[i] for i in batch_indices])
                     embeddings = self.forward(features).float()[:, :dim]
                     if normalize:
                         embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
@@ -348,15 +373,9 @@ class Encoder(torch.nn.Module):
         finally:
             progress.close()
             self.train(was_training)
-        self.last_truncated = truncated
-        if len(tokenized) != len(all_tokenized):
+        if len(distinct) != len(tokenized):
             output = output[torch.tensor(source_row, dtype=torch.long)]
-        if truncated:
-            logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated", truncated, len(items), self.config.max_length)
-        result = _quantize(output.numpy(), precision, normalize, quantization_ranges)
-        if single:
-            result = result[0]
-        return torch.from_numpy(result) if convert_to == "torch" else result
+        return output
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path, merge_adapters: bool = False, save_base_weights: bool = False, overwrite: bool = False) -> Path:

@@ -1,0 +1,244 @@
+"""An embedding server compatible with the OpenAI embeddings API, on FastAPI.
+
+``POST /v1/embeddings`` takes ``{"input": str | [str], "model": ..., "encoding_format": "float"|"base64",
+"dimensions": N}`` (plus l2v's ``instruction``, sent by the OpenAI client as ``extra_body``) and answers like
+OpenAI, ``usage`` included. ``GET /health``, ``GET /v1/models`` and (optionally) a Prometheus ``/metrics``.
+
+Every bad request is an OpenAI-style error object with a clear message naming the item: 400 invalid JSON,
+401 missing or wrong bearer key, 404 unknown model, 413 too many texts / a text too long / a body too
+large, 422 a wrong type, an empty text, an unknown encoding format, 503 (with Retry-After) when the queue is
+full, 504 when a request outlives ``request_timeout``. The model runs behind :class:`MicroBatcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' string annotations here
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ..encoder import Encoder, _hidden_size
+from .batcher import MicroBatcher, QueueFull
+
+
+@dataclass
+class ServerSettings:
+    model_name: str
+    api_key: str | None = None
+    max_texts_per_request: int = 2048  # OpenAI's own limit
+    max_chars_per_text: int = 100_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_queue_texts: int = 8192
+    max_batch_tokens: int = 16384
+    max_batch_texts: int = 512
+    batching: bool = True
+    max_wait_ms: float = 0.0
+    request_timeout: float = 120.0
+    truncate: bool = False  # False: a text over max_length tokens is a 413, as OpenAI answers
+    metrics: bool = True
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers or {}
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+               413: "invalid_request_error", 422: "invalid_request_error", 503: "server_error", 504: "server_error",
+               500: "server_error"}
+
+
+def _error_response(error: RequestError):
+    body = {"error": {"message": error.message, "type": ERROR_TYPES.get(error.status, "invalid_request_error"),
+                      "param": error.param, "code": error.code}}
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+class _Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("l2v_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry)
+        self.texts = Counter("l2v_texts", "texts embedded", registry=self.registry)
+        self.tokens = Counter("l2v_tokens", "tokens embedded (usage.prompt_tokens)", registry=self.registry)
+        self.latency = Histogram("l2v_request_seconds", "embedding request latency", registry=self.registry,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.batches = Gauge("l2v_batches", "forward batches run by the micro-batcher", registry=self.registry)
+        self.largest_batch = Gauge("l2v_largest_batch_texts", "most texts merged into one batch", registry=self.registry)
+        self.queue = Gauge("l2v_queue_texts", "texts waiting for the model", registry=self.registry)
+
+
+def _parse_request(raw: bytes, settings: ServerSettings, hidden_size: int) -> dict:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RequestError(400, f"the request body is not valid JSON ({error})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise RequestError(422, f"the request body must be a JSON object, got {type(body).__name__}")
+    known = {"input", "model", "encoding_format", "dimensions", "user", "instruction"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise RequestError(422, f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})", param=unknown[0])
+    if "input" not in body:
+        raise RequestError(422, "missing field 'input' (a string or a list of strings)", param="input")
+    texts = body["input"]
+    if isinstance(texts, str):
+        texts = [texts]
+    elif not isinstance(texts, list):
+        raise RequestError(422, f"'input' must be a string or a list of strings, got {type(texts).__name__}", param="input")
+    if not texts:
+        raise RequestError(422, "'input' is an empty list; send at least one text", param="input")
+    if len(texts) > settings.max_texts_per_request:
+        raise RequestError(413, f"'input' has {len(texts)} texts; the limit is {settings.max_texts_per_request} per request",
+                           param="input", code="too_many_inputs")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            kind = "token ids" if isinstance(text, (int, list)) else type(text).__name__
+            raise RequestError(422, f"input[{index}] must be a string, got {kind} (token-id input is not supported)",
+                               param=f"input[{index}]")
+        if text == "":
+            raise RequestError(422, f"input[{index}] is an empty string", param=f"input[{index}]")
+        if len(text) > settings.max_chars_per_text:
+            raise RequestError(413, f"input[{index}] has {len(text)} characters; the limit is {settings.max_chars_per_text}",
+                               param=f"input[{index}]", code="text_too_long")
+    model = body.get("model", settings.model_name)
+    if model != settings.model_name:
+        raise RequestError(404, f"model {model!r} is not served here; this server serves {settings.model_name!r}",
+                           param="model", code="model_not_found")
+    encoding_format = body.get("encoding_format") or "float"
+    if encoding_format not in ("float", "base64"):
+        raise RequestError(422, f"encoding_format must be 'float' or 'base64', got {encoding_format!r}", param="encoding_format")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                   or not 1 <= dimensions <= hidden_size):
+        raise RequestError(422, f"dimensions must be an integer from 1 to {hidden_size}, got {dimensions!r}", param="dimensions")
+    instruction = body.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise RequestError(422, f"instruction must be a string, got {type(instruction).__name__}", param="instruction")
+    return {"texts": texts, "encoding_format": encoding_format, "dimensions": dimensions, "instruction": instruction or None}
+
+
+def create_app(encoder: Encoder, settings: ServerSettings):
+    """The FastAPI application serving ``encoder``; the micro-batcher starts and stops with it."""
+    batcher = MicroBatcher(encoder, max_batch_tokens=settings.max_batch_tokens, max_batch_texts=settings.max_batch_texts,
+                           max_queue_texts=settings.max_queue_texts, batching=settings.batching, max_wait_ms=settings.max_wait_ms)
+    tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2v-tokenize")  # HF tokenizers: one caller at a time
+    metrics = _Metrics() if settings.metrics else None
+    hidden_size = _hidden_size(encoder.model)
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+        tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="l2v embeddings", lifespan=lifespan)
+    app.state.batcher, app.state.settings = batcher, settings
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        try:
+            if settings.api_key is not None:
+                header = request.headers.get("authorization", "")
+                scheme, _, token = header.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+                    raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+                raise RequestError(413, f"the request body has {length} bytes; the limit is {settings.max_body_bytes}",
+                                   code="body_too_large")
+            response = await call_next(request)
+        except RequestError as error:
+            response = _error_response(error)
+        if metrics is not None:
+            metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, "queue_texts": batcher.queued_texts,
+                "uptime_seconds": round(time.time() - started, 1)}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": int(started), "owned_by": "l2v"}]}
+
+    if metrics is not None:
+        @app.get("/metrics")
+        async def prometheus_metrics():
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            metrics.batches.set(batcher.stats.batches)
+            metrics.largest_batch.set(batcher.stats.largest_batch_texts)
+            metrics.queue.set(batcher.queued_texts)
+            return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        begin = time.perf_counter()
+        try:
+            raw = await request.body()
+            if len(raw) > settings.max_body_bytes:
+                raise RequestError(413, f"the request body has {len(raw)} bytes; the limit is {settings.max_body_bytes}",
+                                   code="body_too_large")
+            parsed = _parse_request(raw, settings, hidden_size)
+            loop = asyncio.get_running_loop()
+            items = [(parsed["instruction"] or "", text) for text in parsed["texts"]]
+            tokenized = await loop.run_in_executor(tokenizer_pool, encoder.tokenize, items)
+            if not settings.truncate:
+                for index, item in enumerate(tokenized):
+                    if item.truncated:
+                        raise RequestError(413, f"input[{index}] is longer than the model's {encoder.config.max_length} tokens "
+                                                "(start the server with --truncate to cut long texts)",
+                                           param=f"input[{index}]", code="context_length_exceeded")
+            try:
+                future = batcher.submit(tokenized)
+            except QueueFull as error:
+                raise RequestError(503, f"the server is busy ({error}); retry later", code="queue_full",
+                                   headers={"Retry-After": "1"}) from None
+            try:
+                vectors = await asyncio.wait_for(future, timeout=settings.request_timeout)
+            except asyncio.TimeoutError:
+                raise RequestError(504, f"the request took longer than {settings.request_timeout:g} s", code="timeout") from None
+            except QueueFull as error:
+                raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None
+            except Exception as error:  # noqa: BLE001 - a model failure is this request's 500, not a crash
+                raise RequestError(500, f"encoding failed: {type(error).__name__}: {error}", code="encoding_failed") from None
+        except RequestError as error:
+            return _error_response(error)
+        if parsed["dimensions"]:
+            vectors = vectors[:, : parsed["dimensions"]]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = (vectors / np.maximum(norms, 1e-12)).astype("<f4")
+        data = []
+        for index, row in enumerate(vectors):
+            embedding = base64.b64encode(row.tobytes()).decode("ascii") if parsed["encoding_format"] == "base64" else row.tolist()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(item.input_ids) for item in tokenized)
+        if metrics is not None:
+            metrics.texts.inc(len(tokenized))
+            metrics.tokens.inc(tokens)
+            metrics.latency.observe(time.perf_counter() - begin)
+        return JSONResponse({"object": "list", "data": data, "model": settings.model_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    return app
+
+
+def serve(encoder: Encoder, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(encoder, settings), host=host, port=port, log_level=log_level)

@@ -1,0 +1,236 @@
+"""The embedding server: OpenAI-compatible, micro-batched, bounded, authenticated; tested with real clients."""
+
+import asyncio
+import base64
+import contextlib
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from l2v.serve.app import ServerSettings, create_app
+
+TEXTS = ["a man is playing a guitar", "paris", "she plays the piano every evening", "what is the capital of france ?"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(encoder, settings: ServerSettings, slow_seconds: float = 0.0, fail: bool = False):
+    """A real uvicorn server on loopback in a thread; ``slow_seconds`` delays each forward batch."""
+    import uvicorn
+
+    app = create_app(encoder, settings)
+    batcher = app.state.batcher
+    original = batcher._encode
+
+    def encode(items):
+        if fail:
+            raise RuntimeError("the model fell over")
+        if slow_seconds:
+            time.sleep(slow_seconds)
+        return original(items)
+
+    batcher._encode = encode
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", batcher
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_encoder):
+    with running_server(tiny_encoder, ServerSettings(model_name="tiny", max_texts_per_request=8, max_chars_per_text=200)) as (url, batcher):
+        yield url, batcher
+
+
+def cosines(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_openai_client_gets_the_l2v_embeddings(served, tiny_encoder):
+    from openai import OpenAI
+
+    url, _ = served
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    expected = tiny_encoder.encode(TEXTS)
+    for encoding_format in ("float", "base64"):
+        response = client.embeddings.create(model="tiny", input=TEXTS, encoding_format=encoding_format)
+        got = np.array([d.embedding if encoding_format == "float" else np.frombuffer(base64.b64decode(d.embedding), "<f4")
+                        for d in response.data])  # asked explicitly, base64 comes back as the string
+        assert [d.index for d in response.data] == list(range(len(TEXTS)))
+        assert cosines(got, expected).min() >= 0.99999
+    default = client.embeddings.create(model="tiny", input=TEXTS)  # the client asks for base64 and decodes it
+    assert cosines(np.array([d.embedding for d in default.data]), expected).min() >= 0.99999
+    single = client.embeddings.create(model="tiny", input="paris")
+    assert len(single.data) == 1 and cosines(single.data[0].embedding, expected[1]) >= 0.99999
+    tokens = sum(len(t.input_ids) for t in tiny_encoder.tokenize(TEXTS))
+    assert response.usage.prompt_tokens == tokens == response.usage.total_tokens
+    assert response.model == "tiny"
+    short = client.embeddings.create(model="tiny", input=TEXTS, dimensions=8)
+    vectors = np.array([d.embedding for d in short.data])
+    assert vectors.shape == (4, 8) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert cosines(vectors, tiny_encoder.encode(TEXTS, truncate_dim=8)).min() >= 0.99999
+    instructed = client.embeddings.create(model="tiny", input=TEXTS, extra_body={"instruction": "find the city"})
+    assert cosines(np.array([d.embedding for d in instructed.data]), tiny_encoder.encode(TEXTS, instruction="find the city")).min() >= 0.99999
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_base64_is_little_endian_float32(served, tiny_encoder):
+    url, _ = served
+    body = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny", "encoding_format": "base64"}).json()
+    vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    assert vector.shape == (32,) and cosines(vector, tiny_encoder.encode(["paris"])[0]) >= 0.99999
+
+
+@pytest.mark.parametrize("payload, status, needle", [
+    ({"input": [], "model": "tiny"}, 422, "empty list"),
+    ({"input": ["paris", ""], "model": "tiny"}, 422, "input[1] is an empty string"),
+    ({"input": ["paris", 3], "model": "tiny"}, 422, "input[1] must be a string"),
+    ({"input": [[1, 2, 3]], "model": "tiny"}, 422, "token-id input is not supported"),
+    ({"input": {"text": "paris"}, "model": "tiny"}, 422, "'input' must be a string or a list"),
+    ({"model": "tiny"}, 422, "missing field 'input'"),
+    ({"input": ["paris"] * 9, "model": "tiny"}, 413, "the limit is 8 per request"),
+    ({"input": ["paris", "x" * 201], "model": "tiny"}, 413, "input[1] has 201 characters"),
+    ({"input": ["paris"], "model": "gpt-4"}, 404, "'gpt-4' is not served here"),
+    ({"input": ["paris"], "model": "tiny", "encoding_format": "int8"}, 422, "encoding_format"),
+    ({"input": ["paris"], "model": "tiny", "dimensions": 0}, 422, "dimensions must be an integer from 1 to 32"),
+    ({"input": ["paris"], "model": "tiny", "dimensions": 33}, 422, "dimensions"),
+    ({"input": ["paris"], "model": "tiny", "temperature": 1}, 422, "unknown field 'temperature'"),
+    ({"input": ["paris " * 600], "model": "tiny"}, 413, None),  # 3600 characters: over the character limit
+])
+def test_bad_requests_get_clear_errors(served, payload, status, needle):
+    url, _ = served
+    response = httpx.post(f"{url}/v1/embeddings", json=payload)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    if needle:
+        assert needle in error["message"]
+
+
+def test_invalid_json_and_too_many_tokens(served, tiny_encoder):
+    url, _ = served
+    response = httpx.post(f"{url}/v1/embeddings", content=b'{"input": ["paris"', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+    response = httpx.post(f"{url}/v1/embeddings", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    long_text = " ".join(["paris"] * 30)  # 30 tokens, within 200 characters
+    tiny_encoder.config.max_length, saved = 16, tiny_encoder.config.max_length
+    try:
+        response = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris", long_text], "model": "tiny"})
+    finally:
+        tiny_encoder.config.max_length = saved
+    assert response.status_code == 413 and "input[1] is longer than the model's 16 tokens" in response.json()["error"]["message"]
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"  # still up
+
+
+def test_truncate_option_cuts_long_texts(tiny_encoder):
+    long_text = " ".join(["paris"] * 40)
+    tiny_encoder.config.max_length, saved = 16, tiny_encoder.config.max_length
+    try:
+        with running_server(tiny_encoder, ServerSettings(model_name="tiny", truncate=True)) as (url, _):
+            response = httpx.post(f"{url}/v1/embeddings", json={"input": [long_text], "model": "tiny"})
+            assert response.status_code == 200
+            assert cosines(response.json()["data"][0]["embedding"], tiny_encoder.encode([long_text])[0]) >= 0.99999
+            assert response.json()["usage"]["prompt_tokens"] == 16
+    finally:
+        tiny_encoder.config.max_length = saved
+
+
+async def _concurrent_posts(url, bodies, headers=None):
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await asyncio.gather(*[client.post(f"{url}/v1/embeddings", json=b, headers=headers) for b in bodies])
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_micro_batching_merges_concurrent_requests_exactly(tiny_encoder, batching):
+    bodies = [{"input": [TEXTS[i % 4], TEXTS[(i + 1) % 4]], "model": "tiny"} for i in range(24)]
+    settings = ServerSettings(model_name="tiny", batching=batching)
+    with running_server(tiny_encoder, settings, slow_seconds=0.05) as (url, batcher):
+        responses = asyncio.run(_concurrent_posts(url, bodies))
+        assert all(r.status_code == 200 for r in responses)
+        for body, response in zip(bodies, responses):
+            got = np.array([d["embedding"] for d in response.json()["data"]])
+            assert cosines(got, tiny_encoder.encode(body["input"])).min() >= 0.99999
+        assert batcher.stats.requests == 24
+        if batching:
+            assert batcher.stats.batches < 24 and batcher.stats.largest_batch_texts > 2
+        else:
+            assert batcher.stats.batches == 24 and batcher.stats.largest_batch_texts == 2
+
+
+def test_full_queue_answers_503_with_retry_after_and_nothing_hangs(tiny_encoder):
+    settings = ServerSettings(model_name="tiny", max_queue_texts=4, batching=False)
+    with running_server(tiny_encoder, settings, slow_seconds=0.2) as (url, _):
+        begin = time.time()
+        responses = asyncio.run(_concurrent_posts(url, [{"input": TEXTS[:2], "model": "tiny"}] * 12))
+        assert time.time() - begin < 30
+        codes = sorted(r.status_code for r in responses)
+        assert set(codes) == {200, 503}
+        busy = [r for r in responses if r.status_code == 503]
+        assert all(r.headers["retry-after"] == "1" and "retry later" in r.json()["error"]["message"] for r in busy)
+
+
+def test_slow_request_gets_504_and_failure_gets_500(tiny_encoder):
+    with running_server(tiny_encoder, ServerSettings(model_name="tiny", request_timeout=0.2), slow_seconds=1.0) as (url, _):
+        response = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
+        assert response.status_code == 504 and "longer than 0.2 s" in response.json()["error"]["message"]
+        assert httpx.get(f"{url}/health").status_code == 200
+    with running_server(tiny_encoder, ServerSettings(model_name="tiny"), fail=True) as (url, _):
+        response = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
+        assert response.status_code == 500 and "the model fell over" in response.json()["error"]["message"]
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_api_key_is_required_on_every_route(tiny_encoder):
+    from openai import AuthenticationError, OpenAI
+
+    with running_server(tiny_encoder, ServerSettings(model_name="tiny", api_key="s3cret")) as (url, _):
+        for path in ("/health", "/metrics", "/v1/models"):
+            assert httpx.get(f"{url}{path}").status_code == 401
+        assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{url}/v1", api_key="wrong").embeddings.create(model="tiny", input="paris")
+        response = OpenAI(base_url=f"{url}/v1", api_key="s3cret").embeddings.create(model="tiny", input="paris")
+        assert len(response.data[0].embedding) == 32
+
+
+def test_metrics_count_requests_texts_and_batches(served):
+    url, _ = served
+    httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS, "model": "tiny"})
+    text = httpx.get(f"{url}/metrics").text
+    assert 'l2v_requests_total{path="/v1/embeddings",status="200"}' in text
+    texts_line = next(line for line in text.splitlines() if line.startswith("l2v_texts_total"))
+    assert float(texts_line.split()[-1]) >= 4
+    assert "l2v_request_seconds_bucket" in text and "l2v_queue_texts" in text
+
+
+def test_serve_binds_loopback_by_default():
+    from typer.main import get_command
+
+    from l2v.cli import app
+
+    serve = get_command(app).commands["serve"]
+    host = next(p for p in serve.params if p.name == "host")
+    assert host.default == "127.0.0.1"
