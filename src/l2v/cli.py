@@ -128,12 +128,16 @@ def models():
     """List the built-in models and whether their weights are installed."""
     import importlib.util
 
-    from .registry import BUILTIN_MODELS
+    from .registry import BUILTIN_MODELS, TRAINED_ENCODERS, trained_encoder_folder
 
     for spec in BUILTIN_MODELS.values():
         installed = importlib.util.find_spec(spec.package) is not None
         status = "installed" if installed else f"not installed: {spec.install_command}"
-        typer.echo(f"{spec.name:<16} {spec.description}; licence {spec.licence}; {status}")
+        typer.echo(f"{spec.name:<24} {spec.description}; licence {spec.licence}; {status}")
+    for trained in TRAINED_ENCODERS.values():
+        shipped = (trained_encoder_folder(trained.name) / "l2v_config.json").exists()
+        status = "adapters shipped" if shipped else f"adapters missing: l2v convert --config {trained.recipe}"
+        typer.echo(f"{trained.name:<24} {trained.description}; {status}")
 
 
 @app.command()

@@ -182,6 +182,33 @@ BASELINE_MODELS: dict[str, BaselineModel] = {
 }
 
 
+@dataclass(frozen=True)
+class TrainedEncoder:
+    """An LLM2Vec encoder trained by l2v: a built-in base model plus LoRA adapters shipped inside the package."""
+
+    name: str
+    description: str
+    base: str
+    recipe: str  # the config that reproduces it: l2v convert --config <recipe>
+
+
+TRAINED_ENCODERS: dict[str, TrainedEncoder] = {
+    "smollm2-135m-l2v-unsup": TrainedEncoder(
+        name="smollm2-135m-l2v-unsup",
+        description="SmolLM2-135M + bidirectional attention + MNTP + unsupervised SimCSE (LLM2Vec, trained by l2v)",
+        base="smollm2-135m", recipe="configs/smollm2-l2v-unsup.yaml"),
+    "smollm2-135m-l2v-sup": TrainedEncoder(
+        name="smollm2-135m-l2v-sup",
+        description="SmolLM2-135M + bidirectional attention + MNTP + supervised contrastive (LLM2Vec, trained by l2v)",
+        base="smollm2-135m", recipe="configs/smollm2-l2v-sup.yaml"),
+}
+
+
+def trained_encoder_folder(name: str) -> Path:
+    """The package folder holding a trained encoder's ``l2v_config.json`` and adapters."""
+    return Path(__file__).resolve().parent / "encoders" / name
+
+
 @dataclass
 class ResolvedModel:
     location: str  # folder path or hub id handed to from_pretrained
@@ -200,6 +227,14 @@ def resolve(model: str) -> ResolvedModel:
         spec = BUILTIN_MODELS[model]
         folder = builtin_folder(model)
         return ResolvedModel(str(folder), f"built-in {model} (PyPI package {spec.package}, cached at {folder})", spec, True)
+    if model in TRAINED_ENCODERS:
+        spec_trained = TRAINED_ENCODERS[model]
+        folder = trained_encoder_folder(model)
+        if not (folder / "l2v_config.json").exists():
+            raise ModelNotFoundError(f"the trained adapters of {model!r} are missing from this installation ({folder}); "
+                                     f"reinstall l2v, or rebuild them with: l2v convert --config {spec_trained.recipe}")
+        return ResolvedModel(str(folder), f"built-in trained encoder {model} (adapters shipped with l2v, base {spec_trained.base})",
+                             None, True)
     if model in BASELINE_MODELS:
         baseline = BASELINE_MODELS[model]
         module_spec = importlib.util.find_spec(baseline.package)
@@ -218,7 +253,7 @@ def resolve(model: str) -> ResolvedModel:
         raise ModelNotFoundError(f"model folder not found: {model}")
     if "/" not in model:
         # Not a built-in, not a folder, and not of the owner/name form that hub models mostly have.
-        known = ", ".join([*BUILTIN_MODELS, *BASELINE_MODELS])
+        known = ", ".join([*BUILTIN_MODELS, *TRAINED_ENCODERS, *BASELINE_MODELS])
         raise ModelNotFoundError(
             f"unknown model {model!r}: not a built-in ({known}), not a local folder, "
             "and not a Hugging Face Hub id of the form owner/name"
