@@ -62,6 +62,46 @@ def test_mntp_loss_equals_the_full_vocabulary_shifted_loss(tiny_llama_folder):
     assert lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
+def test_length_groups_cover_every_text_once_with_little_padding():
+    from l2v.train.batching import length_groups
+
+    lengths = [5, 40, 38, 7, 6, 39, 12, 64, 11, 5, 33, 8]
+    groups = length_groups(lengths, max_padding=0.15, min_tokens=1)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    padded = sum(max(lengths[i] for i in g) * len(g) for g in groups)
+    assert padded <= 1.3 * sum(lengths) < max(lengths) * len(lengths)
+    assert length_groups(lengths, min_tokens=10_000) == [sorted(range(12), key=lambda i: -lengths[i])]
+
+
+def test_grouped_mntp_loss_and_embeddings_equal_the_padded_batch(tiny_llama_folder):
+    from transformers import AutoModelForCausalLM
+
+    from l2v.bidirectional import set_attention
+    from l2v.train.batching import embed_in_groups
+    from l2v.train.mntp import mntp_loss_grouped
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama_folder)
+    set_attention(lm.model, True)
+    generator = torch.Generator().manual_seed(3)
+    lengths = [9, 3, 12, 4, 11, 2]
+    ids = torch.randint(10, 300, (6, 12), generator=generator)
+    attention = (torch.arange(12)[None, :] < torch.tensor(lengths)[:, None]).long()
+    corrupted, labels = mask_for_mntp(ids, attention, None, 5, 320, MaskingConfig(probability=0.5), generator)
+    padded = mntp_loss(lm.model, lm.lm_head, corrupted, attention, labels)
+    items = [(corrupted[i, :n].tolist(), labels[i, :n].tolist()) for i, n in enumerate(lengths)]
+    grouped = mntp_loss_grouped(lm.model, lm.lm_head, items, 0, min_tokens=1)
+    assert grouped.item() == pytest.approx(padded.item(), rel=1e-5)
+    grouped.backward()
+    assert lm.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder))
+    tokenized = encoder.tokenize(["the cat sits on the mat while the dog sleeps", "paris", "a man is playing a guitar",
+                                  "what is the capital of france ?", "she plays the piano every evening"])
+    together = encoder(encoder.collate(tokenized))
+    apart = embed_in_groups(encoder, tokenized, min_tokens=1)
+    assert torch.allclose(together, apart, atol=1e-5)
+
+
 def test_mask_token_choice(tiny_llama_folder):
     from transformers import AutoTokenizer
 

@@ -94,6 +94,61 @@ def test_supervised_with_grad_cache_runs(tmp_path, tiny_llama_folder):
     assert len(losses(tmp_path / "run")) == 3 and (final / "adapter").exists()
 
 
+def test_each_stage_loss_equals_the_padded_full_batch(tmp_path, tiny_llama_folder):
+    """The runner's length-grouped MNTP and SimCSE passes and its length-sorted GradCache chunks compute the
+    loss (and gradients) of the plain padded batch: checked with dropout off, on a batch of mixed lengths."""
+    import torch
+
+    from l2v.train.mntp import MaskingConfig, mask_for_mntp, mntp_loss
+    from l2v.train.runner import Stage
+    from l2v.train.simcse import set_dropout
+
+    def grads(module):
+        return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    def no_dropout(stage):
+        set_dropout(stage.encoder.model, attention_dropout=0.0, hidden_dropout=0.0)
+        stage.module.train()
+
+    # MNTP: grouped == the full-vocabulary-free loss on the padded batch with the same masks
+    config = load_config(write_config(tmp_path / "m", tiny_llama_folder, "mntp", batch_size=6, lora={"dropout": 0.0}))
+    stage = Stage(config, 0, 1)
+    no_dropout(stage)
+    batch_indices = [0, 3, 1, 7, 2, 5]
+    seed = 11
+    grouped = stage.loss(batch_indices, seed)
+    encoder = stage.encoder
+    batch = encoder.collate(encoder.tokenize([stage.examples[i] for i in batch_indices]), padding_side="right")
+    special = batch["pooling_mask"].eq(0) & batch["attention_mask"].bool()
+    corrupted, labels = mask_for_mntp(batch["input_ids"], batch["attention_mask"], special, stage.mask_id, stage.vocab_size,
+                                      MaskingConfig(probability=0.2), torch.Generator().manual_seed(seed ^ 0x5DEECE66D))
+    padded = mntp_loss(encoder.model, stage.lm_head, corrupted, batch["attention_mask"], labels)
+    assert grouped.item() == pytest.approx(padded.item(), rel=1e-5)
+
+    # supervised: GradCache over length-sorted chunks == one plain pass, loss and gradients
+    triples = tmp_path / "triples.jsonl"
+    rows = [{"query": TEXTS[i], "positive": TEXTS[(i + 1) % 10], "negative": TEXTS[(i + 5) % 10],
+             "instruction": "retrieve documents that answer the question", "dataset": "x"} for i in range(10)]
+    triples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    results = {}
+    for chunk in (0, 2):
+        config = load_config(write_config(tmp_path / f"s{chunk}", tiny_llama_folder, "supervised", data={"train": str(triples)},
+                                          batch_size=6, lora={"dropout": 0.0}, contrastive={"chunk_size": chunk}))
+        torch.manual_seed(0)
+        stage = Stage(config, 0, 1)
+        no_dropout(stage)
+        for parameter in stage.trainable().values():  # LoRA B starts at zero: give the adapters a non-zero output
+            torch.nn.init.normal_(parameter, std=0.05)
+        loss = stage.loss([4, 0, 9, 2, 7, 5], seed=1)
+        if loss.requires_grad:
+            loss.backward()
+        results[chunk] = (loss.item(), grads(stage.module))
+    assert results[2][0] == pytest.approx(results[0][0], rel=1e-5)
+    assert results[0][1].keys() == results[2][1].keys() and results[0][1]
+    for name, gradient in results[0][1].items():
+        assert torch.allclose(results[2][1][name], gradient, atol=1e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

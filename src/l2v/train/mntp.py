@@ -99,3 +99,39 @@ def mntp_loss(backbone, lm_head, input_ids: torch.Tensor, attention_mask: torch.
     if logit_softcap:  # Gemma-2/3 cap their final logits
         logits = torch.tanh(logits / logit_softcap) * logit_softcap
     return F.cross_entropy(logits.float(), targets[selected])
+
+
+def mntp_loss_grouped(backbone, lm_head, items: list[tuple[list[int], list[int]]], pad_id: int,
+                      logit_softcap: float | None = None, min_tokens: int = 256) -> torch.Tensor:
+    """``mntp_loss`` over a batch given as per-text (corrupted ids, labels), run in length groups (see
+    ``batching``): the hidden states of the selected positions of every group meet in one LM-head product and
+    one cross-entropy, so the loss equals the padded full batch's."""
+    from .batching import length_groups
+
+    device = next(backbone.parameters()).device
+    selected_states, targets = [], []
+    for group in length_groups([len(ids) for ids, _ in items], min_tokens=min_tokens):
+        length = max(len(items[i][0]) for i in group)
+        input_ids = torch.full((len(group), length), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(group), length), dtype=torch.long)
+        labels = torch.full((len(group), length), -100, dtype=torch.long)
+        for row, index in enumerate(group):
+            ids, text_labels = items[index]
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+            labels[row, : len(ids)] = torch.tensor(text_labels)
+        input_ids, attention, labels = input_ids.to(device), attention.to(device), labels.to(device)
+        output = backbone(**model_inputs(backbone, input_ids, attention))
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        shifted = labels[:, 1:]
+        chosen = shifted != -100
+        selected_states.append(hidden[:, :-1][chosen])
+        targets.append(shifted[chosen])
+        anchor = hidden
+    states = torch.cat(selected_states)
+    if states.shape[0] == 0:
+        return anchor.sum() * 0.0  # keeps the graph (and distributed gradient sync) intact
+    logits = lm_head(states)
+    if logit_softcap:
+        logits = torch.tanh(logits / logit_softcap) * logit_softcap
+    return F.cross_entropy(logits.float(), torch.cat(targets))

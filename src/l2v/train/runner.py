@@ -166,21 +166,22 @@ class Stage:
         config, encoder = self.config, self.encoder
         local = indices[self.rank * config.batch_size:(self.rank + 1) * config.batch_size]
         if config.stage == "mntp":
-            from .mntp import MaskingConfig, mask_for_mntp, mntp_loss
+            from .mntp import MaskingConfig, mask_for_mntp, mntp_loss_grouped
 
-            batch = encoder.collate(encoder.tokenize([self.examples[i] for i in local]))
+            batch = encoder.collate(encoder.tokenize([self.examples[i] for i in local]), padding_side="right")
             special = batch["pooling_mask"].eq(0) & batch["attention_mask"].bool()
             generator = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)  # a stream apart from dropout's
             corrupted, labels = mask_for_mntp(batch["input_ids"], batch["attention_mask"], special, self.mask_id,
                                               self.vocab_size, MaskingConfig(probability=config.mntp.probability), generator)
-            device = encoder.device
-            return mntp_loss(encoder.model, self.lm_head, corrupted.to(device), batch["attention_mask"].to(device),
-                             labels.to(device), self.softcap)
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            items = [(corrupted[row, :n].tolist(), labels[row, :n].tolist()) for row, n in enumerate(lengths)]
+            return mntp_loss_grouped(encoder.model, self.lm_head, items, self.tokenizer.pad_token_id, self.softcap)
         if config.stage == "simcse":
             from .simcse import simcse_loss
 
-            features = encoder.collate(encoder.tokenize([self.examples[i] for i in local]))
-            return simcse_loss(encoder, features, config.temperature(), config.contrastive.gather_negatives)
+            tokenized = encoder.tokenize([self.examples[i] for i in local])
+            return simcse_loss(encoder, tokenized, config.temperature(), config.contrastive.gather_negatives)
+        from .batching import embed_in_groups
         from .supervised import contrastive_loss, grad_cache_step
 
         triples = [self.examples[i] for i in local]
@@ -191,9 +192,18 @@ class Stage:
                                                        gather=config.contrastive.gather_negatives)
         chunk = config.contrastive.chunk_size
         if chunk:
-            groups = [[encoder.collate(encoder.tokenize(role[i: i + chunk])) for i in range(0, len(role), chunk)] for role in roles]
-            return grad_cache_step(encoder, groups, loss_fn, module=encoder)
-        return loss_fn(*[encoder(encoder.collate(encoder.tokenize(role))) for role in roles])
+            # GradCache chunks cut from each role sorted by length (little padding per chunk); the loss sees the
+            # embeddings back in batch order, so pairs and in-batch negatives are unchanged.
+            groups, inverses = [], []
+            for role in roles:
+                tokenized = encoder.tokenize(role)
+                order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i].input_ids))
+                inverses.append(torch.argsort(torch.tensor(order)))
+                ordered = [tokenized[i] for i in order]
+                groups.append([encoder.collate(ordered[i: i + chunk]) for i in range(0, len(ordered), chunk)])
+            in_batch_order = lambda *embeddings: loss_fn(*[e[inverse.to(e.device)] for e, inverse in zip(embeddings, inverses)])  # noqa: E731
+            return grad_cache_step(encoder, groups, in_batch_order, module=encoder)
+        return loss_fn(*[embed_in_groups(encoder, encoder.tokenize(role)) for role in roles])
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {name: p for name, p in self.module.named_parameters() if p.requires_grad}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .batching import embed_in_groups
 from .distributed import gather_with_grad
 
 
@@ -41,8 +42,12 @@ def set_dropout(model, attention_dropout: float | None = None, hidden_dropout: f
                 module.p = hidden_dropout
 
 
-def simcse_loss(encoder, features: dict[str, torch.Tensor], temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
-    """Two forward passes of the same batch in training mode: different dropout masks make the two views."""
-    first = encoder(features)
-    second = encoder(features)
+def simcse_loss(encoder, batch, temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
+    """Two forward passes of the same batch in training mode: different dropout masks make the two views.
+
+    ``batch`` is a list of ``Tokenized`` texts (run in length groups, see ``batching``) or a collated batch."""
+    if isinstance(batch, dict):
+        first, second = encoder(batch), encoder(batch)
+    else:
+        first, second = embed_in_groups(encoder, batch), embed_in_groups(encoder, batch)
     return info_nce(first, second, temperature, gather)

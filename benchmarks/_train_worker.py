@@ -1,0 +1,134 @@
+"""Time training steps of l2v or of the official llm2vec 0.2.3 training code, in this process.
+
+``python _train_worker.py {l2v|llm2vec} {mntp|simcse} MODEL_FOLDER BATCH.json STEPS [--threads=N]``
+
+BATCH.json holds token ids (and, for MNTP, the masked labels) made once by benchmarks/train_step.py, so both
+libraries see the very same inputs. The official side is set up the way its experiments/run_mntp.py and
+run_simcse.py do it: ``LlamaBiForMNTP`` (a full-vocabulary LM head over every position, loss with the causal
+shift) and ``LLM2Vec`` (left padding, two forward passes, ``HardNegativeNLLLoss`` at scale 20 = 1/0.05),
+LoRA r=16, alpha=32, dropout 0.05 on all attention and MLP projections of the inner model (initialize_peft),
+attention dropout 0.3 for SimCSE. l2v runs its own training stage (``l2v.train.runner.Stage``).
+
+Prints one JSON line: the loss with dropout off (the same weights, so it must agree across libraries), the
+per-step seconds (one warm-up step, then STEPS timed steps of forward + backward + AdamW), peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+LORA_TARGETS = ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+    length = max(len(r) for r in rows)
+    return torch.tensor([([value] * (length - len(r)) + r) if left else (r + [value] * (length - len(r))) for r in rows])
+
+
+def official(stage: str, folder: str, batch: dict):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS, bias="none", task_type=None)
+    ids = [item["input_ids"] for item in batch["items"]]
+    pad_id = batch["pad_id"]
+    if stage == "mntp":
+        from llm2vec.models.bidirectional_llama import LlamaBiForMNTP
+
+        model = LlamaBiForMNTP.from_pretrained(folder, torch_dtype=torch.float32)
+        model.model = get_peft_model(model.model, lora)
+        input_ids = pad(ids, pad_id, left=False)
+        attention = pad([[1] * len(r) for r in ids], 0, left=False)
+        labels = pad([item["labels"] for item in batch["items"]], -100, left=False)
+
+        def loss():
+            return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        return model, loss
+    from llm2vec import LLM2Vec
+    from llm2vec.loss.HardNegativeNLLLoss import HardNegativeNLLLoss
+
+    model = LLM2Vec.from_pretrained(folder, enable_bidirectional=True, pooling_mode="mean", max_length=batch["max_length"],
+                                    torch_dtype=torch.float32, attention_dropout=0.3)
+    model.model = get_peft_model(model.model, lora)
+    loss_fn = HardNegativeNLLLoss(scale=1 / 0.05)
+    features = {"input_ids": pad(ids, pad_id, left=True), "attention_mask": pad([[1] * len(r) for r in ids], 0, left=True)}
+    features["embed_mask"] = features["attention_mask"].clone()
+
+    def loss():
+        return loss_fn(model(dict(features)), model(dict(features)))
+    return model, loss
+
+
+def l2v(stage: str, folder: str, batch: dict):
+    from l2v.encoder import Tokenized
+    from l2v.train.config import load_config
+    from l2v.train.runner import Stage
+
+    scratch = Path(tempfile.mkdtemp(prefix="l2v-train-bench-"))
+    (scratch / "texts.txt").write_text("placeholder text\n" * 4)
+    extra = "contrastive: {temperature: 0.05, attention_dropout: 0.3}\n" if stage == "simcse" else ""
+    (scratch / "config.yaml").write_text(
+        f"stage: {stage}\nmodel: {folder}\noutput: {scratch / 'out'}\ndata: {{train: {scratch / 'texts.txt'}}}\n"
+        f"max_length: {batch['max_length']}\nbatch_size: 1\nsteps: 1\nlearning_rate: 5.0e-5\n"
+        f"lora: {{r: 16, alpha: 32, dropout: 0.05}}\n{extra}")
+    config = load_config(scratch / "config.yaml")
+    runner_stage = Stage(config, 0, 1)
+    items = batch["items"]
+    if stage == "mntp":
+        from l2v.train.mntp import mntp_loss_grouped
+
+        pairs = [(item["input_ids"], item["labels"]) for item in items]
+
+        def loss():
+            return mntp_loss_grouped(runner_stage.encoder.model, runner_stage.lm_head, pairs, runner_stage.tokenizer.pad_token_id,
+                                     runner_stage.softcap)
+        return runner_stage.module, loss
+    from l2v.train.simcse import simcse_loss
+
+    tokenized = [Tokenized(item["input_ids"], [1] * len(item["input_ids"])) for item in items]
+
+    def loss():
+        return simcse_loss(runner_stage.encoder, tokenized, 0.05, gather=False)
+    return runner_stage.module, loss
+
+
+def main() -> None:
+    library, stage, folder, batch_file, steps = sys.argv[1:6]
+    threads = [a for a in sys.argv if a.startswith("--threads=")]
+    if threads:
+        torch.set_num_threads(int(threads[0].split("=")[1]))
+    batch = json.loads(Path(batch_file).read_text())
+    torch.manual_seed(0)
+    model, loss = (official if library == "llm2vec" else l2v)(stage, folder, batch)
+    model.eval()
+    with torch.no_grad():
+        eval_loss = float(loss())
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=5e-5)
+    times, losses = [], []
+    for step in range(int(steps) + 1):
+        begin = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss()
+        value.backward()
+        optimizer.step()
+        elapsed = time.perf_counter() - begin
+        losses.append(float(value))
+        if step > 0:  # the first step pays one-off allocations
+            times.append(elapsed)
+    print(json.dumps({"library": library, "stage": stage, "eval_loss": eval_loss, "train_losses": losses,
+                      "step_seconds": times, "median_step_seconds": statistics.median(times),
+                      "trainable_parameters": sum(p.numel() for p in parameters),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Training speed: one MNTP step and one SimCSE step, l2v versus the official llm2vec 0.2.3 training code.
+
+Same model (the built-in SmolLM2-135M, float32, bidirectional), same LoRA (r=16, alpha=32, dropout 0.05, all
+projections), same batch (the very same token ids and MNTP masks, drawn once here from the shared Wikipedia
+text), same optimizer (AdamW, lr 5e-5). Each library runs in its own subprocess (the official one in its own
+venv), alternating, ``--repeats`` times; a step is forward + backward + optimizer step, timed after one warm-up.
+Printed: the loss with dropout off (it must agree: equal loss), median seconds per step, the ratio.
+
+    python benchmarks/train_step.py [--repeats 2] [--steps 3] [--mntp-batch 16 --mntp-length 128]
+                                    [--simcse-batch 32 --simcse-length 64]
+Results go to benchmarks/results/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import DATA, model_folders, official_python, write_result
+
+
+def sample_lines(path: Path, count: int, seed: int) -> list[str]:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = np.random.default_rng(seed)
+    return [lines[i] for i in rng.choice(len(lines), size=count, replace=False)]
+
+
+def make_batches(folder: Path, args) -> dict:
+    import torch
+
+    from l2v import Encoder
+    from l2v.bidirectional import model_family
+    from l2v.train.mntp import MaskingConfig, mask_for_mntp, mask_token_id
+
+    encoder = Encoder.from_pretrained(str(folder), max_length=args.mntp_length)
+    tokenizer = encoder.tokenizer
+    texts = sample_lines(DATA / "text" / "wikitext2_test_paragraphs.txt", args.mntp_batch, seed=1)
+    tokenized = encoder.tokenize(texts)
+    batch = encoder.collate(tokenized)
+    special = batch["pooling_mask"].eq(0) & batch["attention_mask"].bool()
+    mask_id = mask_token_id(tokenizer, model_family(encoder.model))
+    corrupted, labels = mask_for_mntp(batch["input_ids"], batch["attention_mask"], special, mask_id,
+                                      len(tokenizer), MaskingConfig(), torch.Generator().manual_seed(0))
+    lengths = batch["attention_mask"].sum(1).tolist()
+    mntp = {"max_length": args.mntp_length, "pad_id": tokenizer.pad_token_id,
+            "items": [{"input_ids": corrupted[i, :n].tolist(), "labels": labels[i, :n].tolist()} for i, n in enumerate(lengths)]}
+    encoder.config.max_length = args.simcse_length
+    sentences = sample_lines(DATA / "text" / "wiki1m_subset.txt", args.simcse_batch, seed=2)
+    simcse = {"max_length": args.simcse_length, "pad_id": tokenizer.pad_token_id,
+              "items": [{"input_ids": t.input_ids} for t in encoder.tokenize(sentences)]}
+    return {"mntp": mntp, "simcse": simcse}
+
+
+def run(python: str, library: str, stage: str, folder: Path, batch_file: Path, steps: int) -> dict:
+    command = [python, str(Path(__file__).parent / "_train_worker.py"), library, stage, str(folder), str(batch_file), str(steps)]
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        sys.exit(f"{library} {stage} worker failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--mntp-batch", type=int, default=16)
+    parser.add_argument("--mntp-length", type=int, default=128)
+    parser.add_argument("--simcse-batch", type=int, default=32)
+    parser.add_argument("--simcse-length", type=int, default=64)
+    parser.add_argument("--stages", default="mntp,simcse")
+    args = parser.parse_args()
+    python = official_python()
+    folder, legacy = model_folders()
+    work = Path(tempfile.mkdtemp(prefix="l2v-train-bench-"))
+    batches = make_batches(folder, args)
+    results = {}
+    for stage in args.stages.split(","):
+        batch_file = work / f"{stage}.json"
+        batch_file.write_text(json.dumps(batches[stage]))
+        items = batches[stage]["items"]
+        real = sum(len(i["input_ids"]) for i in items)
+        runs = {"l2v": [], "llm2vec": []}
+        for repeat in range(args.repeats):
+            order = ("l2v", "llm2vec") if repeat % 2 == 0 else ("llm2vec", "l2v")
+            for library in order:
+                result = run(sys.executable if library == "l2v" else python, library, stage,
+                             folder if library == "l2v" else legacy, batch_file, args.steps)
+                runs[library].append(result)
+                print(f"{stage} {library}: {result['median_step_seconds']:.2f} s/step, loss (no dropout) {result['eval_loss']:.5f}", flush=True)
+        median = {lib: statistics.median(s for r in rs for s in r["step_seconds"]) for lib, rs in runs.items()}
+        ratio = median["llm2vec"] / median["l2v"]
+        loss_gap = abs(runs["l2v"][0]["eval_loss"] - runs["llm2vec"][0]["eval_loss"])
+        results[stage] = {
+            "batch": len(items), "max_length": batches[stage]["max_length"], "real_tokens": real,
+            "padded_tokens_one_batch": len(items) * max(len(i["input_ids"]) for i in items),
+            "median_step_seconds": median, "speedup_l2v_vs_llm2vec": round(ratio, 3),
+            "loss_no_dropout": {lib: rs[0]["eval_loss"] for lib, rs in runs.items()}, "loss_gap": loss_gap,
+            "trainable_parameters": {lib: rs[0]["trainable_parameters"] for lib, rs in runs.items()},
+            "peak_rss_mb": {lib: max(r["peak_rss_mb"] for r in rs) for lib, rs in runs.items()},
+            "runs": runs,
+        }
+        print(f"== {stage}: l2v {median['l2v']:.2f} s/step, llm2vec {median['llm2vec']:.2f} s/step: {ratio:.2f}x; "
+              f"loss gap {loss_gap:.2e}", flush=True)
+    path = write_result("train_step", {
+        "model": "smollm2-135m (float32, bidirectional, LoRA r=16)", "steps_timed_per_run": args.steps, "repeats": args.repeats,
+        "results": results, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    })
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
