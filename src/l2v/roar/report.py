@@ -1,0 +1,105 @@
+"""``l2v roar report``: the performance curves (PNG) and the RACU table with 95 % bootstrap CIs."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import L2VError
+from ..fileio import atomic_path, write_json_atomic
+from .racu import mean_with_ci, racu
+
+# The paper's LSTM RACU (%, Recursive ROAR), Madsen et al. (2022), for the table's comparison column.
+PAPER_RACU = {
+    "sst": {"attention": 15.7, "gradient": 7.6, "input_x_gradient": 28.0, "integrated_gradient": 37.8},
+    "babi-1": {"attention": 66.5, "gradient": 66.1, "input_x_gradient": 71.2, "integrated_gradient": 59.1},
+}
+
+
+def collect(folder: str | Path) -> list[dict]:
+    folder = Path(folder)
+    results = [json.loads(p.read_text()) for p in sorted(folder.rglob("result.json"))]
+    if not results:
+        raise L2VError(f"{folder}: no ROAR results (run `l2v roar run` first)")
+    return results
+
+
+def curves(results: list[dict]) -> dict:
+    """{dataset: {seed: {curve name: {k: performance}}}}; base (k=0) and random k=100 join every curve."""
+    table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for r in results:
+        name = r["measure"] if r["recursive"] is None else f"{r['measure']}-{'recursive' if r['recursive'] else 'plain'}"
+        table[r["dataset"]][r["seed"]][name][r["k"]] = r["performance"]
+    for dataset, seeds in table.items():
+        for seed, named in seeds.items():
+            base = named.pop("base", {}).get(0)
+            final = named.get("random", {}).get(100)
+            for curve in named.values():
+                if base is not None:
+                    curve.setdefault(0, base)
+                if final is not None:
+                    curve.setdefault(100, final)
+    return table
+
+
+def racu_table(results: list[dict]) -> list[dict]:
+    rows = []
+    for dataset, seeds in curves(results).items():
+        names = sorted({n for s in seeds.values() for n in s if n != "random"})
+        for name in names:
+            values, complete_seeds = [], []
+            for seed, named in sorted(seeds.items()):
+                curve, random = named.get(name, {}), named.get("random", {})
+                ks = sorted(curve)
+                if not ks or ks[0] != 0 or ks[-1] != 100 or sorted(random) != ks:
+                    continue  # an unfinished curve is not summarised
+                values.append(racu(ks, [curve[k] for k in ks], [random[k] for k in ks]))
+                complete_seeds.append(seed)
+            if not values:
+                continue
+            mean, low, high = mean_with_ci(values)
+            measure = name.rsplit("-", 1)[0]
+            rows.append({"dataset": dataset, "measure": measure, "recursive": name.endswith("-recursive"),
+                         "seeds": complete_seeds, "racu": values, "mean": mean, "ci_low": low, "ci_high": high,
+                         "paper": PAPER_RACU.get(dataset, {}).get(measure) if name.endswith("-recursive") else None})
+    return rows
+
+
+def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = collect(folder)
+    output = Path(output or folder)
+    rows = racu_table(results)
+    lines = ["| dataset | measure | ROAR | seeds | RACU (%) | 95 % CI | paper (LSTM, recursive) |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        paper = "" if row["paper"] is None else f"{row['paper']:.1f}"
+        lines.append(f"| {row['dataset']} | {row['measure']} | {'recursive' if row['recursive'] else 'plain'} | {len(row['seeds'])} | "
+                     f"{100 * row['mean']:.1f} | [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] | {paper} |")
+    with atomic_path(output / "racu.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    write_json_atomic({"racu": rows, "steps": results}, output / "racu.json")
+    table = curves(results)
+    figure, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4), squeeze=False)
+    for axis, (dataset, seeds) in zip(axes[0], sorted(table.items())):
+        names = sorted({n for s in seeds.values() for n in s})
+        for name in names:
+            ks = sorted({k for s in seeds.values() for k in s.get(name, {})})
+            means = [np.mean([s[name][k] for s in seeds.values() if k in s.get(name, {})]) for k in ks]
+            axis.plot(ks, means, marker="o", markersize=3, label=name, linestyle="--" if name == "random" else "-",
+                      color="black" if name == "random" else None)
+        axis.set_title(f"{dataset} (mean over {len(seeds)} seeds)")
+        axis.set_xlabel("% of tokens masked")
+        axis.set_ylabel("macro-F1" if dataset == "sst" else "accuracy")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_path(output / "curves.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return output / "racu.md"

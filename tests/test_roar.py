@@ -1,0 +1,167 @@
+"""Recursive ROAR: RACU, masking, importance measures, the paper's data sizes, the synthetic check, a micro run."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from l2v.cli import app
+from l2v.roar.data import MASK, RoarData, Split
+from l2v.roar.importance import importance
+from l2v.roar.masking import grow_mask, masked_count
+from l2v.roar.models import AttentionClassifier, PairedAttentionClassifier
+from l2v.roar.racu import mean_with_ci, racu
+
+DATA = Path(os.environ.get("L2V_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "roar"
+
+
+@pytest.fixture(scope="module")
+def roar_data() -> Path:
+    if not (DATA / "sst_trees" / "train.txt").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {DATA} (set L2V_DATA)")
+        pytest.skip(f"shared data not found at {DATA} (set L2V_DATA)")
+    return DATA
+
+
+def test_racu_worked_example_and_edges():
+    b = [.90, .86, .72, .61, .55, .50, .45, .38, .29, .24, .20]
+    p = [.90, .70, .45, .32, .29, .28, .27, .24, .20, .20, .20]
+    assert racu(range(0, 101, 10), p, b) == pytest.approx(0.5238, abs=5e-5)
+    assert racu(range(0, 101, 10), b, b) == 0.0
+    assert racu(range(0, 101, 10), [.2] * 11, b) == 1.0  # clipped: drops at once to random's floor
+    assert racu(range(0, 101, 10), [.95] + [.99] * 9 + [.2], b) == -1.0  # worse than random, clipped
+    mean, low, high = mean_with_ci([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4) and 0.2 <= low < mean < high <= 0.6
+    with pytest.raises(ValueError):
+        racu([0, 100], [1.0], [1.0, 0.5])
+
+
+def test_masking_counts_already_masked_tokens_and_replaces_never_deletes():
+    tokens = [10, 11, MASK, 13, 14, 15, 16, 17, 18, 19]
+    scores = np.array([0.1, 0.9, 5.0, 0.3, 0.8, 0.2, 0.7, 0.0, 0.0, 0.5])
+    grown = grow_mask(tokens, scores, 30, MASK)
+    assert len(grown) == len(tokens)
+    assert [i for i, t in enumerate(grown) if t == MASK] == [1, 2, 4]  # 3 in all: the masked one counts
+    assert grow_mask(grown, scores, 30, MASK) == grown  # idempotent at the same ratio
+    assert grow_mask(tokens, np.zeros(10), 20, MASK)[:2] == [MASK, 11]  # ties: the earlier position first
+    eligible = np.array([False] + [True] * 9)
+    assert grow_mask(tokens, scores, 100, MASK, eligible)[0] == 10  # an ineligible position is never masked
+    assert masked_count(30, 10) == 3 and masked_count(29, 100) == 29 and masked_count(70, 10) == 7
+
+
+def _tiny_batch(paired: bool):
+    torch.manual_seed(0)
+    tokens = torch.randint(3, 40, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4]).bool()
+    tokens[~mask] = 0
+    labels = torch.tensor([0, 1, 1])
+    model = (PairedAttentionClassifier(40, 2, 8, 4) if paired else AttentionClassifier(40, 2, 8, 4)).eval()
+    questions = torch.randint(3, 40, (3, 4)) if paired else None
+    question_mask = torch.ones(3, 4, dtype=torch.bool) if paired else None
+    return model, tokens, mask, labels, questions, question_mask
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_importance_measures_by_their_definitions(paired):
+    model, tokens, mask, labels, questions, question_mask = _tiny_batch(paired)
+    embedded = model.embedding(tokens).detach().requires_grad_(True)
+    logits, alpha = model.forward_embedded(embedded, mask, questions, question_mask)
+    logits.gather(1, labels[:, None]).sum().backward()
+    g = embedded.grad
+    # gradient w.r.t. the one-hot input = E g; its L2 norm, computed the long way
+    one_hot_grad = torch.einsum("vd,bld->blv", model.embedding.weight.detach(), g)
+    expected = {"attention": alpha.detach(), "gradient": one_hot_grad.norm(dim=-1),
+                "input_x_gradient": (g * embedded.detach()).sum(-1).abs()}
+    for measure, reference in expected.items():
+        got = importance(model, tokens, mask, labels, measure, questions, question_mask)
+        assert torch.allclose(got[mask], reference[mask], atol=1e-5), measure
+        assert torch.isinf(got[~mask]).all()
+    textbook = importance(model, tokens, mask, labels, "integrated_gradient", questions, question_mask, ig_steps=50, ig_variant="textbook")
+    official = importance(model, tokens, mask, labels, "integrated_gradient", questions, question_mask, ig_steps=50)
+    # completeness (textbook IG): the per-token terms (signed, before |.|) sum to F(x) - F(0)
+    total = torch.zeros_like(embedded, dtype=torch.float32)
+    for step in range(1, 51):
+        point = (embedded.detach() * step / 50).requires_grad_(True)
+        out, _ = model.forward_embedded(point, mask, questions, question_mask)
+        (grad,) = torch.autograd.grad(out.gather(1, labels[:, None]).sum(), point)
+        total += grad
+    signed = ((total / 50) * embedded.detach()).sum(-1).masked_fill(~mask, 0).sum(1)
+    zero, _ = model.forward_embedded(torch.zeros_like(embedded), mask, questions, question_mask)
+    gap = (logits - zero).gather(1, labels[:, None]).squeeze(1).detach()
+    assert torch.allclose(signed, gap, atol=0.05 * gap.abs().max() + 1e-3)
+    assert torch.allclose(textbook[mask], ((total / 50) * embedded.detach()).sum(-1).abs()[mask], atol=1e-5)
+    assert not torch.allclose(textbook[mask], official[mask])  # the official variant carries the extra alpha
+    first = importance(model, tokens, mask, labels, "random", generator=torch.Generator().manual_seed(1))
+    again = importance(model, tokens, mask, labels, "random", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and torch.isinf(first[~mask]).all()
+
+
+def test_paper_data_sizes(roar_data):
+    from l2v.roar.data import load
+
+    sst = load("sst", roar_data)
+    assert {k: len(v) for k, v in sst.splits.items()} == {"train": 6579, "validation": 848, "test": 1776}
+    assert set(sst.splits["train"].labels.tolist()) == {0, 1}
+    for task in ("babi-1", "babi-2"):
+        babi = load(task, roar_data)
+        assert {k: len(v) for k, v in babi.splits.items()} == {"train": 8500, "validation": 1500, "test": 1000}
+        assert babi.paired and len(babi.classes) == 6
+
+
+def test_bad_files_are_named(tmp_path):
+    from l2v.errors import InputFileError
+    from l2v.roar.data import read_babi, read_sst_trees
+
+    (tmp_path / "bad.txt").write_text("(3 (2 fine) (4 good))\nnot a tree\n")
+    with pytest.raises(InputFileError, match="line 2 is not a PTB tree"):
+        read_sst_trees(tmp_path / "bad.txt")
+    (tmp_path / "qa.txt").write_text("1 Mary moved to the bathroom.\n2 Where is Mary? \t\t1\n")
+    with pytest.raises(InputFileError, match="line 2 is a question without an answer"):
+        read_babi(tmp_path / "qa.txt")
+
+
+def test_synthetic_recursive_roar_follows_the_ground_truth_and_plain_roar_does_not():
+    from l2v.roar.synthetic import run
+
+    result = run(seed=0, samples=2000)
+    assert result["gap_to_truth"]["recursive"] < 0.5 * result["gap_to_truth"]["plain"]
+    assert result["racu"]["recursive"] > result["racu"]["plain"] + 0.1
+    assert abs(result["racu"]["recursive"] - result["racu"]["ground_truth"]) < 0.1
+
+
+def test_micro_run_on_sst_is_cached_and_resumes(roar_data, tmp_path):
+    out = tmp_path / "roar"
+    args = ["roar", "run", "--dataset", "sst", "--data", roar_data, "--output", out, "--seeds", "0",
+            "--measures", "attention,integrated_gradient", "--limit-train", 300, "--limit-eval", 100, "--epochs", 1,
+            "--ratios", "0,50,100", "--ig-steps", 4]
+    runner = CliRunner()
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    steps = sorted(str(p.relative_to(out)) for p in out.rglob("result.json"))
+    assert steps == ["sst/seed-0/attention-recursive/k050/result.json", "sst/seed-0/base/result.json",
+                     "sst/seed-0/integrated_gradient-recursive/k050/result.json", "sst/seed-0/random/k050/result.json",
+                     "sst/seed-0/random/k100/result.json"]
+    half = json.loads((out / "sst/seed-0/attention-recursive/k050/result.json").read_text())
+    assert 0.45 <= half["masked_fraction"] <= 0.5
+    full = json.loads((out / "sst/seed-0/random/k100/result.json").read_text())
+    assert full["masked_fraction"] == 1.0
+    (out / "sst/seed-0/random/k100/result.json").unlink()  # as if killed before that step finished
+    before = (out / "sst/seed-0/base/result.json").stat().st_mtime_ns
+    again = runner.invoke(app, [str(a) for a in args])
+    assert again.exit_code == 0, again.output
+    assert (out / "sst/seed-0/base/result.json").stat().st_mtime_ns == before  # cached steps are not recomputed
+    assert "random k=100" in again.output and "attention" not in again.output.split("done")[0]
+    report = runner.invoke(app, ["roar", "report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert (out / "curves.png").exists()
+    rows = json.loads((out / "racu.json").read_text())["racu"]
+    assert sorted(r["measure"] for r in rows) == ["attention", "integrated_gradient"]
+    assert all(-1 <= r["mean"] <= 1 and r["seeds"] == [0] for r in rows)
+    assert "| sst | attention | recursive | 1 |" in (out / "racu.md").read_text()
+    other = runner.invoke(app, [str(a) for a in args[:-2]] + ["--ig-steps", "8"])
+    assert other.exit_code == 2 and "other ig_steps" in other.output
