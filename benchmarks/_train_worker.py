@@ -34,6 +34,8 @@ def pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
 
 
 def official(stage: str, folder: str, batch: dict):
+    import torch.distributed.tensor  # noqa: F401 - peft 0.21 looks this submodule up without importing it
+
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS, bias="none", task_type=None)

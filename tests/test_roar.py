@@ -165,3 +165,39 @@ def test_micro_run_on_sst_is_cached_and_resumes(roar_data, tmp_path):
     assert "| sst | attention | recursive | 1 |" in (out / "racu.md").read_text()
     other = runner.invoke(app, [str(a) for a in args[:-2]] + ["--ig-steps", "8"])
     assert other.exit_code == 2 and "other ig_steps" in other.output
+
+
+def test_encoder_classifier_roar_micro_run(roar_data, tiny_llama_folder, tmp_path):
+    """The l2v-encoder variant end to end on a tiny model: masking uses the model's mask token, gradients go
+    through the encoder, the head is refitted at each step, and the report has the encoder's RACU rows."""
+    import torch
+
+    from l2v import Encoder
+    from l2v.roar.encoder_classifier import EncoderBackend, EncoderClassifier, sst_for_encoder
+    from l2v.roar.report import write_report
+    from l2v.roar.runner import run
+
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder), attn_implementation="eager", max_length=32)
+    data = sst_for_encoder(roar_data / "sst_trees", encoder, limit_train=120, limit_eval=40)
+    backend = EncoderBackend(encoder, "tiny", ig_steps=3, mask_token="<s>")  # the tiny vocabulary has no "_"
+    assert backend.mask_id == encoder.tokenizer.convert_tokens_to_ids("<s>")
+    # gradients reach the input embeddings through the encoder, and attention is the last layer's
+    classifier = EncoderClassifier(encoder, 2)
+    split = data.splits["test"]
+    rows = split.tokens[:3]
+    width = max(len(r) for r in rows)
+    tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]).bool()
+    scores = backend.score(classifier, split.subset(3), "gradient", seed=0)
+    assert all(np.isfinite(s).all() and (s > 0).any() for s in scores)
+    classifier.want_attention = True
+    _, alpha = classifier(tokens, mask)
+    assert torch.isfinite(alpha).all() and (alpha[mask] > 0).all() and (alpha[~mask] == 0).all()
+    results = run(data, tmp_path / "roar", ["gradient", "attention"], [0], backend=backend, ratios=[0, 50, 100], log=lambda *_: None)
+    assert {r["measure"] for r in results} == {"base", "random", "gradient", "attention"}
+    half = next(r for r in results if r["measure"] == "gradient" and r["k"] == 50)
+    assert 0.4 <= half["masked_fraction"] <= 0.5
+    write_report(tmp_path / "roar")
+    table = (tmp_path / "roar" / "racu.md").read_text()
+    assert "| sst | gradient | recursive | 1 |" in table
+    assert (tmp_path / "roar" / "sst-encoder-tiny" / "seed-0" / "gradient-recursive" / "k050" / "model.safetensors").exists()

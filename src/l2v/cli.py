@@ -511,6 +511,44 @@ def roar_run(
     _run(action)
 
 
+@roar_app.command("encoder")
+def roar_encoder(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="an l2v encoder (built-in name, folder, hub id)"),
+    measures: str = typer.Option("attention,gradient,input_x_gradient,integrated_gradient", help="comma-separated"),
+    seeds: str = typer.Option("0", help="comma-separated seeds (the head's)"),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive"),
+    data: Path = typer.Option(Path("../shared/data/roar"), help="folder with sst_trees/"),
+    output: Path = typer.Option(Path("runs/roar"), "--output", "-o"),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train"),
+    limit_eval: Optional[int] = typer.Option(None, "--limit-eval"),
+    ratios: str = typer.Option("0,10,20,30,40,50,60,70,80,90,100"),
+    ig_steps: int = typer.Option(20, "--ig-steps", min=1),
+    max_length: int = typer.Option(128, "--max-length", min=4),
+):
+    """Recursive ROAR for an l2v encoder + linear head on SST-2 (masking with the model's MNTP mask token)."""
+    _quiet_libraries()
+
+    def action():
+        from .encoder import Encoder
+        from .roar.encoder_classifier import EncoderBackend, sst_for_encoder
+        from .roar.importance import MEASURES
+        from .roar.runner import run
+
+        chosen = [m.strip() for m in measures.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in MEASURES]
+        if unknown:
+            raise L2VError(f"unknown measure {unknown[0]!r}; choose from: {', '.join(MEASURES)}")
+        encoder = Encoder.from_pretrained(model, max_length=max_length, attn_implementation="eager")
+        loaded = sst_for_encoder(data / "sst_trees", encoder, limit_train, limit_eval)
+        name = Path(model).name if Path(model).exists() else model.replace("/", "--")
+        run(loaded, output, chosen, _int_list(seeds, "--seeds"), recursive=recursive,
+            backend=EncoderBackend(encoder, name, ig_steps=ig_steps), ratios=_int_list(ratios, "--ratios"),
+            log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"done; summarise with: l2v roar report {output}", err=True)
+
+    _run(action)
+
+
 @roar_app.command("report")
 def roar_report(folder: Path = typer.Argument(..., help="the --output folder of `l2v roar run`")):
     """Write racu.md / racu.json (RACU per measure with 95 % bootstrap CIs) and curves.png."""

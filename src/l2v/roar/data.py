@@ -70,7 +70,7 @@ class Vocabulary:
 _LEAF = re.compile(r"\((\d) ([^()]+)\)")
 
 
-def read_sst_trees(path: Path) -> list[tuple[int, list[str]]]:
+def read_sst_trees(path: Path, lower: bool = True) -> list[tuple[int, list[str]]]:
     if not path.exists():
         raise InputFileError(f"SST file not found: {path}")
     rows = []
@@ -80,7 +80,7 @@ def read_sst_trees(path: Path) -> list[tuple[int, list[str]]]:
             continue
         if not re.match(r"^\(\d ", line) or line.count("(") != line.count(")"):
             raise InputFileError(f"{path}: line {number} is not a PTB tree")
-        rows.append((int(line[1]), [word.lower() for _, word in _LEAF.findall(line)]))
+        rows.append((int(line[1]), [word.lower() if lower else word for _, word in _LEAF.findall(line)]))
     if not rows:
         raise InputFileError(f"{path}: no trees")
     return rows
@@ -95,6 +95,16 @@ def load_sst(folder: Path, min_tokens: int = 6) -> RoarData:
     splits = {name: Split([vocabulary.encode(t) for _, t in rows], np.array([label for label, _ in rows], dtype=np.int64))
               for name, rows in raw.items()}
     return RoarData("sst", vocabulary.words, ["negative", "positive"], splits)
+
+
+def load_sst_texts(folder: Path, min_tokens: int = 6) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The same binary SST sentences as ``load_sst``, as text (tokens joined by spaces, case kept), for encoders."""
+    result = {}
+    for split, file in (("train", "train.txt"), ("validation", "dev.txt"), ("test", "test.txt")):
+        rows = [(int(label > 2), " ".join(tokens)) for label, tokens in read_sst_trees(folder / file, lower=False)
+                if label != 2 and len(tokens) >= min_tokens]
+        result[split] = ([text for _, text in rows], np.array([label for label, _ in rows], dtype=np.int64))
+    return result
 
 
 def _babi_words(text: str) -> list[str]:

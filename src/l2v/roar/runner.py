@@ -57,34 +57,47 @@ def _load_masks(folder: Path, data: RoarData) -> RoarData:
     return RoarData(data.name, data.vocabulary, data.classes, splits)
 
 
-def _masked(data: RoarData, scores: dict[str, list[np.ndarray]], k: int) -> RoarData:
-    splits = {name: Split([grow_mask(tokens, scores[name][i], k, MASK) for i, tokens in enumerate(split.tokens)],
+def _masked(data: RoarData, scores: dict[str, list[np.ndarray]], k: int, mask_id: int = MASK) -> RoarData:
+    splits = {name: Split([grow_mask(tokens, scores[name][i], k, mask_id) for i, tokens in enumerate(split.tokens)],
                           split.labels, split.questions) for name, split in data.splits.items()}
     return RoarData(data.name, data.vocabulary, data.classes, splits)
 
 
-def _save_model(folder: Path, model) -> None:
-    from safetensors.torch import save_file
+class BiLSTMBackend:
+    """The paper's models: a fresh BiLSTM-attention model per step, trained from scratch."""
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    name = "bilstm"
+    mask_id = MASK
 
+    def __init__(self, settings: TrainSettings, device, ig_steps: int = 50, ig_variant: str = "official"):
+        self.settings, self.device, self.ig_steps, self.ig_variant = settings, device, ig_steps, ig_variant
 
-def _load_model(folder: Path, data: RoarData, device):
-    from safetensors.torch import load_file
+    def describe(self) -> dict:
+        return {"backend": self.name, "settings": asdict(self.settings), "ig_steps": self.ig_steps, "ig_variant": self.ig_variant}
 
-    model = build_model(data).to(device)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    model.eval()
-    return model
+    def train(self, data: RoarData, seed: int):
+        return train_model(data, self.settings, seed, self.device)
+
+    def state(self, model) -> dict:
+        return model.state_dict()
+
+    def load(self, state: dict, data: RoarData):
+        model = build_model(data).to(self.device)
+        model.load_state_dict(state)
+        return model.eval()
+
+    def score(self, model, split: Split, measure: str, seed: int) -> list[np.ndarray]:
+        return score_split(model, split, measure, seed, self.device, ig_steps=self.ig_steps, ig_variant=self.ig_variant)
 
 
 class RoarRun:
     def __init__(self, data: RoarData, output: str | Path, settings: TrainSettings | None = None, device=None,
-                 ig_steps: int = 50, ig_variant: str = "official", ratios: list[int] | None = None, log=print):
-        self.data, self.output = data, Path(output) / data.name
-        self.settings = settings or TrainSettings.for_dataset(data.name)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.ig_steps, self.ig_variant = ig_steps, ig_variant
+                 ig_steps: int = 50, ig_variant: str = "official", ratios: list[int] | None = None, log=print,
+                 backend=None):
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backend = backend or BiLSTMBackend(settings or TrainSettings.for_dataset(data.name), device, ig_steps, ig_variant)
+        self.data = data
+        self.output = Path(output) / (data.name if self.backend.name == "bilstm" else f"{data.name}-{self.backend.name}")
         self.ratios = ratios or RATIOS
         if self.ratios[0] != 0 or self.ratios[-1] != 100 or sorted(set(self.ratios)) != self.ratios:
             raise L2VError(f"ratios must rise from 0 to 100, got {self.ratios}")
@@ -92,8 +105,8 @@ class RoarRun:
         self._check_settings()
 
     def _check_settings(self) -> None:
-        record = {"settings": asdict(self.settings), "ig_steps": self.ig_steps, "ig_variant": self.ig_variant,
-                  "ratios": self.ratios, "sizes": {name: len(split) for name, split in self.data.splits.items()}}
+        record = {**self.backend.describe(), "ratios": self.ratios,
+                  "sizes": {name: len(split) for name, split in self.data.splits.items()}}
         path = self.output / "run.json"
         if path.exists():
             existing = json.loads(path.read_text())
@@ -110,23 +123,30 @@ class RoarRun:
         if (folder / "result.json").exists():
             return json.loads((folder / "result.json").read_text())
         begin = time.perf_counter()
-        model, report = train_model(data, self.settings, _seed_for(seed, k), self.device)
+        model, report = self.backend.train(data, _seed_for(seed, k))
         result = {"dataset": self.data.name, "measure": measure, "recursive": recursive, "seed": seed, "k": k,
                   "performance": report["test"]["performance"], "test": report["test"], "validation": report["validation"],
-                  "best_epoch": report["best_epoch"], "masked_fraction": masked_fraction(data.splits["test"].tokens, MASK),
+                  "best_epoch": report.get("best_epoch"), "masked_fraction": masked_fraction(data.splits["test"].tokens, self.backend.mask_id),
                   "seconds": round(time.perf_counter() - begin, 2)}
         with atomic_dir(folder, overwrite=True) as tmp:
             _save_masks(tmp, data)
             if keep_model:
-                _save_model(tmp, model)
+                from safetensors.torch import save_file
+
+                state = {k: v.detach().cpu().contiguous() for k, v in self.backend.state(model).items()}
+                save_file(state, str(tmp / "model.safetensors"))
             (tmp / "result.json").write_text(json.dumps(result, indent=1))
         self.log(f"{self.data.name} seed {seed} {measure}{'' if recursive is None else '-recursive' if recursive else '-plain'} "
                  f"k={k}: {result['performance']:.4f} ({result['seconds']:.0f} s)")
         return result
 
     def _scores(self, model, data: RoarData, measure: str, seed: int, k: int) -> dict[str, list[np.ndarray]]:
-        return {name: score_split(model, split, measure, _seed_for(seed, k, salt=7), self.device,
-                                  ig_steps=self.ig_steps, ig_variant=self.ig_variant) for name, split in data.splits.items()}
+        return {name: self.backend.score(model, split, measure, _seed_for(seed, k, salt=7)) for name, split in data.splits.items()}
+
+    def _load_model(self, folder: Path):
+        from safetensors.torch import load_file
+
+        return self.backend.load(load_file(str(folder / "model.safetensors")), self.data)
 
     # ------------------------------------------------------------------ chains
     def base(self, seed: int) -> dict:
@@ -142,7 +162,7 @@ class RoarRun:
                     data = _load_masks(self.output / f"seed-{seed}" / "random" / f"k{previous:03d}", self.data)
                 scores = {name: [np.random.default_rng(_seed_for(seed, k, salt=i)).random(len(t)) for i, t in enumerate(split.tokens)]
                           for name, split in data.splits.items()}
-                data = _masked(data, scores, k)
+                data = _masked(data, scores, k, self.backend.mask_id)
             results.append(self._step(folder, data, seed, k, "random", None, keep_model=False))
         return results
 
@@ -162,13 +182,14 @@ class RoarRun:
             if not (folder / "result.json").exists():
                 data = self.data if previous == 0 else _load_masks(previous_folder, self.data)
                 if recursive:
-                    model = _load_model(previous_folder, self.data, self.device)
+                    model = self._load_model(previous_folder)
                     scores = self._scores(model, data, measure, seed, k)
                 else:
                     if plain_scores is None:
                         plain_scores = self._plain_scores(base_folder, chain, measure, seed)
                     scores = plain_scores
-                results.append(self._step(folder, _masked(data, scores, k), seed, k, measure, recursive, keep_model=recursive))
+                results.append(self._step(folder, _masked(data, scores, k, self.backend.mask_id), seed, k, measure, recursive,
+                                          keep_model=recursive))
                 if recursive and previous_folder != base_folder:
                     (previous_folder / "model.safetensors").unlink(missing_ok=True)  # only the chain's latest model is needed
             else:
@@ -181,7 +202,7 @@ class RoarRun:
         if path.exists():
             with np.load(path) as arrays:
                 return {name: [arrays[f"{name}_{i}"] for i in range(len(split))] for name, split in self.data.splits.items()}
-        model = _load_model(base_folder, self.data, self.device)
+        model = self._load_model(base_folder)
         scores = self._scores(model, self.data, measure, seed, 0)
         chain.mkdir(parents=True, exist_ok=True)
         from ..fileio import atomic_path

@@ -1,0 +1,164 @@
+"""Recursive ROAR for an l2v encoder: is *your* encoder's explanation faithful?
+
+The classifier is an l2v encoder (frozen) plus a linear head (logistic regression on the pooled embeddings,
+refitted at every masking step: the "retrain" of ROAR). Texts are the encoder's own tokens; masking replaces
+text tokens by the model's MNTP mask token (the tokenizer's mask token, else the family's choice, "_" for
+Llama-family models), never the special tokens around them. The importance measures run through the encoder:
+gradients reach the input embeddings through every layer; ``attention`` is the attention each token receives
+in the last layer (mean over heads and over the text's query positions; the model is loaded with eager
+attention for it). A text token that already equals the mask token counts as masked (ROAR counts masks by token).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from ..bidirectional import model_family, model_inputs
+from .data import RoarData, Split
+from .importance import importance
+from .training import scores as performance_scores
+
+
+class EncoderClassifier(torch.nn.Module):
+    def __init__(self, encoder, classes: int):
+        super().__init__()
+        from ..encoder import _hidden_size
+
+        self.encoder = encoder
+        self.output = torch.nn.Linear(_hidden_size(encoder.model), classes)
+        self.embedding = encoder.model.get_input_embeddings()
+        self.want_attention = False
+
+    def _wrap(self, tokens: torch.Tensor, mask: torch.Tensor):
+        """Add the tokenizer's special tokens around each (right-padded) row of text tokens."""
+        prefix, suffix = self.encoder._prefix, self.encoder._suffix
+        rows, lengths = [], mask.sum(1).tolist()
+        for row, length in zip(tokens.tolist(), lengths):
+            rows.append(prefix + row[:length] + suffix)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.encoder.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        text = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (row, length) in enumerate(zip(rows, lengths)):
+            ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+            text[i, len(prefix): len(prefix) + length] = True
+        return ids.to(tokens.device), attention.to(tokens.device), text.to(tokens.device)
+
+    def forward_embedded(self, embedded, mask, questions=None, question_mask=None):
+        """``embedded``: (batch, text length, dim) embeddings of the text tokens only."""
+        ids, attention, text = self._wrap(torch.zeros(mask.shape, dtype=torch.long, device=mask.device), mask)
+        full = self.embedding(ids).detach().clone()
+        full[text] = embedded[mask].to(full.dtype)  # the text positions take the (differentiable) given embeddings
+        inputs = model_inputs(self.encoder.model, ids, attention)
+        inputs.pop("input_ids")
+        output = self.encoder.model(inputs_embeds=full, output_attentions=self.want_attention, **inputs)
+        hidden = output.last_hidden_state
+        pooled = self.encoder.pooling(hidden, text.long(), attention)
+        logits = self.output(pooled.float())
+        if self.want_attention and output.attentions:
+            last = output.attentions[-1].float().mean(1)  # (batch, query, key)
+            weights = text.float().unsqueeze(-1)
+            received = (last * weights).sum(1) / weights.sum(1).clamp(min=1)
+            alpha = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+            alpha[mask] = received[text]
+        else:
+            alpha = torch.zeros(mask.shape, device=mask.device)
+        return logits, alpha
+
+    def forward(self, tokens, mask, questions=None, question_mask=None):
+        return self.forward_embedded(self.embedding(tokens), mask)
+
+
+def sst_for_encoder(folder, encoder, limit_train: int | None = None, limit_eval: int | None = None) -> RoarData:
+    """SST-2 (the same sentences as ``load_sst``) as the encoder's text tokens, truncated to its max length."""
+    from pathlib import Path
+
+    from .data import load_sst_texts
+
+    budget = encoder.config.max_length - len(encoder._prefix) - len(encoder._suffix)
+    splits = {}
+    for name, (texts, labels) in load_sst_texts(Path(folder)).items():
+        count = limit_train if name == "train" else limit_eval
+        texts, labels = (texts[:count], labels[:count]) if count else (texts, labels)
+        ids = encoder.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        splits[name] = Split([row[:budget] or [encoder._placeholder_id] for row in ids], labels)
+    return RoarData("sst", [], ["negative", "positive"], splits)
+
+
+class EncoderBackend:
+    """ROAR backend: the frozen l2v encoder + a logistic-regression head refitted on each masking."""
+
+    def __init__(self, encoder, name: str, ig_steps: int = 20, ig_variant: str = "official", batch_size: int = 16,
+                 mask_token: str | None = None):
+        from ..train.mntp import mask_token_id
+
+        self.encoder = encoder
+        self.name = f"encoder-{name}"
+        self.model_name = name
+        self.mask_id = mask_token_id(encoder.tokenizer, model_family(encoder.model), mask_token)
+        self.ig_steps, self.ig_variant, self.batch_size = ig_steps, ig_variant, batch_size
+        self.device = encoder.device
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "mask_id": self.mask_id, "ig_steps": self.ig_steps, "ig_variant": self.ig_variant}
+
+    def _embed(self, split: Split) -> np.ndarray:
+        from ..encoder import Tokenized
+
+        items = []
+        for row in split.tokens:
+            ids = self.encoder._prefix + list(row) + self.encoder._suffix
+            pool = [0] * len(self.encoder._prefix) + [1] * len(row) + [0] * len(self.encoder._suffix)
+            items.append(Tokenized(ids, pool))
+        return self.encoder.embed_tokenized(items, batch_size=32).numpy()
+
+    def train(self, data: RoarData, seed: int):
+        features = {name: self._embed(split) for name, split in data.splits.items()}
+        head = LogisticRegression(max_iter=2000, random_state=seed)
+        head.fit(features["train"], data.splits["train"].labels)
+        model = self.load({"weight": torch.tensor(head.coef_, dtype=torch.float32),
+                           "bias": torch.tensor(head.intercept_, dtype=torch.float32)}, data)
+        report = {}
+        for name in ("validation", "test"):
+            report[name] = performance_scores(data.name, data.splits[name], head.predict_proba(features[name]))
+        return model, report
+
+    def state(self, model) -> dict:
+        return model.output.state_dict()
+
+    def load(self, state: dict, data: RoarData):
+        model = EncoderClassifier(self.encoder, len(data.classes))
+        weight, bias = state["weight"], state["bias"]
+        if weight.shape[0] == 1 and len(data.classes) == 2:  # a binary logistic regression: logit for class 1
+            weight = torch.cat([-weight / 2, weight / 2])
+            bias = torch.cat([-bias / 2, bias / 2])
+        model.output.load_state_dict({"weight": weight, "bias": bias})
+        model.to(self.device)
+        return model.eval()
+
+    def score(self, model, split: Split, measure: str, seed: int) -> list[np.ndarray]:
+        generator = torch.Generator().manual_seed(seed)
+        model.want_attention = measure == "attention"
+        matrix = self.encoder.model.get_input_embeddings().weight
+        result: list = [None] * len(split)
+        order = np.argsort([len(t) for t in split.tokens], kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start: start + self.batch_size]
+            rows = [split.tokens[i] for i in indices]
+            width = max(len(r) for r in rows)
+            tokens = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.bool)
+            for i, row in enumerate(rows):
+                tokens[i, : len(row)] = torch.tensor(row)
+                mask[i, : len(row)] = True
+            labels = torch.as_tensor(split.labels[indices])
+            values = importance(model, tokens.to(self.device), mask.to(self.device), labels.to(self.device), measure,
+                                generator=generator, ig_steps=self.ig_steps, ig_variant=self.ig_variant,
+                                embedding_matrix=matrix).detach().cpu().numpy()
+            for row, index in enumerate(indices):
+                result[index] = values[row, : len(split.tokens[index])]
+        model.want_attention = False
+        return result
