@@ -33,6 +33,7 @@ def test_racu_worked_example_and_edges():
     p = [.90, .70, .45, .32, .29, .28, .27, .24, .20, .20, .20]
     assert racu(range(0, 101, 10), p, b) == pytest.approx(0.5238, abs=5e-5)
     assert racu(range(0, 101, 10), b, b) == 0.0
+    assert np.isnan(racu([0, 50, 100], [.5, .5, .5], [.5, .5, .5]))  # random loses nothing: undefined
     assert racu(range(0, 101, 10), [.2] * 11, b) == 1.0  # clipped: drops at once to random's floor
     assert racu(range(0, 101, 10), [.95] + [.99] * 9 + [.2], b) == -1.0  # worse than random, clipped
     mean, low, high = mean_with_ci([0.2, 0.4, 0.6])
@@ -51,7 +52,8 @@ def test_masking_counts_already_masked_tokens_and_replaces_never_deletes():
     assert grow_mask(tokens, np.zeros(10), 20, MASK)[:2] == [MASK, 11]  # ties: the earlier position first
     eligible = np.array([False] + [True] * 9)
     assert grow_mask(tokens, scores, 100, MASK, eligible)[0] == 10  # an ineligible position is never masked
-    assert masked_count(30, 10) == 3 and masked_count(29, 100) == 29 and masked_count(70, 10) == 7
+    assert masked_count(30, 10) == 3 and masked_count(70, 10) == 7
+    assert masked_count(70, 90) == 62  # the paper's int(k/100 * n), floating point included
 
 
 def _tiny_batch(paired: bool):
@@ -161,8 +163,9 @@ def test_micro_run_on_sst_is_cached_and_resumes(roar_data, tmp_path):
     assert (out / "curves.png").exists()
     rows = json.loads((out / "racu.json").read_text())["racu"]
     assert sorted(r["measure"] for r in rows) == ["attention", "integrated_gradient"]
-    assert all(-1 <= r["mean"] <= 1 and r["seeds"] == [0] for r in rows)
-    assert "| sst | attention | recursive | 1 |" in (out / "racu.md").read_text()
+    for row in rows:  # a defined RACU for seed 0, or (a degenerate micro run) undefined, and said so
+        assert (row["seeds"] == [0] and row["undefined_seeds"] == []) or (row["seeds"] == [] and row["undefined_seeds"] == [0])
+    assert "| sst | attention | recursive |" in (out / "racu.md").read_text()
     other = runner.invoke(app, [str(a) for a in args[:-2]] + ["--ig-steps", "8"])
     assert other.exit_code == 2 and "other ig_steps" in other.output
 
@@ -199,5 +202,60 @@ def test_encoder_classifier_roar_micro_run(roar_data, tiny_llama_folder, tmp_pat
     assert 0.4 <= half["masked_fraction"] <= 0.5
     write_report(tmp_path / "roar")
     table = (tmp_path / "roar" / "racu.md").read_text()
-    assert "| sst | gradient | recursive | 1 |" in table
+    assert "| sst (encoder-tiny) | gradient | recursive |" in table
+    # the explained model is the fitted one: its logits give the head's probabilities on the test split
+    model = backend.load(__import__("safetensors.torch", fromlist=["load_file"]).load_file(
+        str(tmp_path / "roar" / "sst-encoder-tiny" / "seed-0" / "gradient-recursive" / "k050" / "model.safetensors")), data)
+    from l2v.roar.training import predict
+
+    masked = json.loads((tmp_path / "roar" / "sst-encoder-tiny" / "seed-0" / "gradient-recursive" / "k050" / "result.json").read_text())
+    from l2v.roar.runner import _load_masks
+
+    k50 = _load_masks(tmp_path / "roar" / "sst-encoder-tiny" / "seed-0" / "gradient-recursive" / "k050", data)
+    probabilities = predict(model, k50.splits["test"], torch.device("cpu"), batch_size=8)
+    accuracy = float((probabilities.argmax(1) == k50.splits["test"].labels).mean())
+    assert accuracy == pytest.approx(masked["test"]["accuracy"], abs=1e-9)
     assert (tmp_path / "roar" / "sst-encoder-tiny" / "seed-0" / "gradient-recursive" / "k050" / "model.safetensors").exists()
+
+
+def test_recursive_chain_resumes_from_its_latest_model(roar_data, tmp_path):
+    """A run killed while training k=60 resumes: k=60 is scored with the k=30 model kept on disk, and every
+    result equals an uninterrupted run's; a chain whose model is gone is a clear error. Plain ROAR caches the
+    k=0 model's scores."""
+    from l2v.roar.data import load
+    from l2v.roar.runner import RoarRun
+    from l2v.roar.training import TrainSettings
+
+    data = load("sst", roar_data).limit(200, 60)
+    settings = TrainSettings(epochs=1, batch_size=32)
+
+    def roar(folder):
+        return RoarRun(data, folder, settings, ig_steps=2, ratios=[0, 30, 60, 100], log=lambda *_: None)
+
+    whole = roar(tmp_path / "whole").measure(0, "gradient", recursive=True)
+    assert [r["k"] for r in whole] == [0, 30, 60, 100]
+    killed = roar(tmp_path / "killed")
+    train = killed.backend.train
+
+    def dies_at_k60(split_data, seed):
+        if seed % 1_000_003 == 60 * 101:
+            raise KeyboardInterrupt("killed")
+        return train(split_data, seed)
+
+    killed.backend.train = dies_at_k60
+    with pytest.raises(KeyboardInterrupt):
+        killed.measure(0, "gradient", recursive=True)
+    chain = tmp_path / "killed" / "sst" / "seed-0" / "gradient-recursive"
+    assert (chain / "k030" / "model.safetensors").exists() and not (chain / "k060").exists()
+    resumed = roar(tmp_path / "killed").measure(0, "gradient", recursive=True)
+    assert [r["performance"] for r in resumed] == [r["performance"] for r in whole]
+    assert not (chain / "k030" / "model.safetensors").exists()  # only the chain's latest model is kept
+    import shutil
+
+    shutil.rmtree(chain / "k060")  # invalidate k=60: its scorer (the k=30 model) is gone
+    with pytest.raises(Exception, match="no model to score the next step"):
+        roar(tmp_path / "killed").measure(0, "gradient", True)
+    plain = roar(tmp_path / "whole").measure(0, "attention", False)
+    assert (tmp_path / "whole" / "sst" / "seed-0" / "attention-plain" / "importance.npz").exists()
+    fractions = [r["masked_fraction"] for r in plain]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -522,7 +522,8 @@ def roar_encoder(
     limit_train: Optional[int] = typer.Option(None, "--limit-train"),
     limit_eval: Optional[int] = typer.Option(None, "--limit-eval"),
     ratios: str = typer.Option("0,10,20,30,40,50,60,70,80,90,100"),
-    ig_steps: int = typer.Option(20, "--ig-steps", min=1),
+    ig_steps: int = typer.Option(50, "--ig-steps", min=1),
+    ig_variant: str = typer.Option("official", "--ig-variant", help="official (the paper's code: extra alpha) or textbook"),
     max_length: int = typer.Option(128, "--max-length", min=4),
 ):
     """Recursive ROAR for an l2v encoder + linear head on SST-2 (masking with the model's MNTP mask token)."""
@@ -538,11 +539,18 @@ def roar_encoder(
         unknown = [m for m in chosen if m not in MEASURES]
         if unknown:
             raise L2VError(f"unknown measure {unknown[0]!r}; choose from: {', '.join(MEASURES)}")
-        encoder = Encoder.from_pretrained(model, max_length=max_length, attn_implementation="eager")
+        if ig_variant not in ("official", "textbook"):
+            raise L2VError(f"--ig-variant must be official or textbook, got {ig_variant!r}")
+        # eager attention only when the attention measure needs the weights (SDPA is faster for the rest)
+        encoder = Encoder.from_pretrained(model, max_length=max_length,
+                                          attn_implementation="eager" if "attention" in chosen else None)
         loaded = sst_for_encoder(data / "sst_trees", encoder, limit_train, limit_eval)
-        name = Path(model).name if Path(model).exists() else model.replace("/", "--")
+        import hashlib
+
+        name = model.replace("/", "--") if not Path(model).exists() else \
+            f"{Path(model).name}-{hashlib.sha256(str(Path(model).resolve()).encode()).hexdigest()[:8]}"
         run(loaded, output, chosen, _int_list(seeds, "--seeds"), recursive=recursive,
-            backend=EncoderBackend(encoder, name, ig_steps=ig_steps), ratios=_int_list(ratios, "--ratios"),
+            backend=EncoderBackend(encoder, name, ig_steps=ig_steps, ig_variant=ig_variant), ratios=_int_list(ratios, "--ratios"),
             log=lambda line: typer.echo(line, err=True))
         typer.echo(f"done; summarise with: l2v roar report {output}", err=True)
 

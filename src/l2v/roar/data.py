@@ -1,7 +1,7 @@
 """Data for Recursive ROAR: SST (binary, from PTB trees) and bAbI tasks 1-3, as token-id sequences.
 
 SST: the root label of each tree, neutral (2) dropped, 0-1 negative and 3-4 positive; sentences of more than
-5 tokens are kept, as in the paper (train 6,579 / validation 848 / test 1,776). bAbI (en-10k): each question
+5 tokens are kept, as in the paper (train 6,579 / validation 848 / test 1,776). bAbI tasks 1 and 2 (en-10k): each question
 with the statements of its story before it; the 10,000 training questions are split 85/15 with a seed into
 train and validation; 1,000 test questions. Tokens are lower-cased; the vocabulary is built from the training
 split, with ``[PAD]`` (0), ``[UNK]`` (1) and ``[MASK]`` (2).
@@ -22,7 +22,6 @@ SPECIALS = ["[PAD]", "[UNK]", "[MASK]"]
 BABI_FILES = {
     "babi-1": "en-10k_qa1_single-supporting-fact",
     "babi-2": "en-10k_qa2_two-supporting-facts",
-    "babi-3": "en-10k_qa3_three-supporting-facts",
 }
 DATASETS = ("sst", *BABI_FILES)
 
@@ -53,8 +52,7 @@ class RoarData:
 
     def limit(self, train: int | None = None, other: int | None = None) -> "RoarData":
         """A smaller copy (first examples of each split), for micro runs and tests."""
-        splits = {name: split.subset(train if name == "train" and train else other if other else len(split))
-                  for name, split in self.splits.items()}
+        splits = {name: split.subset((train if name == "train" else other) or len(split)) for name, split in self.splits.items()}
         return RoarData(self.name, self.vocabulary, self.classes, splits)
 
 
@@ -140,10 +138,7 @@ def load_babi(folder: Path, task: str, seed: int = 0, validation_fraction: float
     if task not in BABI_FILES:
         raise L2VError(f"unknown bAbI task {task!r}; choose one of: {', '.join(BABI_FILES)}")
     stem = BABI_FILES[task]
-    train_file = folder / f"{stem}_train.txt"
-    if not train_file.exists() and task == "babi-3":
-        train_file = folder / "en_qa3_three-supporting-facts_train.txt"  # only the 1k training set is shared
-    train_rows = read_babi(train_file)
+    train_rows = read_babi(folder / f"{stem}_train.txt")
     test_rows = read_babi(folder / f"{stem}_test.txt")
     order = np.random.default_rng(seed).permutation(len(train_rows))
     cut = int(round(len(train_rows) * (1 - validation_fraction)))

@@ -56,9 +56,11 @@ class EncoderClassifier(torch.nn.Module):
         inputs.pop("input_ids")
         output = self.encoder.model(inputs_embeds=full, output_attentions=self.want_attention, **inputs)
         hidden = output.last_hidden_state
-        pooled = self.encoder.pooling(hidden, text.long(), attention)
-        logits = self.output(pooled.float())
-        if self.want_attention and output.attentions:
+        pooled = torch.nn.functional.normalize(self.encoder.pooling(hidden, text.long(), attention).float(), dim=-1)
+        logits = self.output(pooled)  # the head was fitted on normalised embeddings (``embed_tokenized``'s default)
+        if self.want_attention and not output.attentions:
+            raise RuntimeError("the attention measure needs the encoder loaded with attn_implementation='eager'")
+        if self.want_attention:
             last = output.attentions[-1].float().mean(1)  # (batch, query, key)
             weights = text.float().unsqueeze(-1)
             received = (last * weights).sum(1) / weights.sum(1).clamp(min=1)
@@ -91,7 +93,7 @@ def sst_for_encoder(folder, encoder, limit_train: int | None = None, limit_eval:
 class EncoderBackend:
     """ROAR backend: the frozen l2v encoder + a logistic-regression head refitted on each masking."""
 
-    def __init__(self, encoder, name: str, ig_steps: int = 20, ig_variant: str = "official", batch_size: int = 16,
+    def __init__(self, encoder, name: str, ig_steps: int = 50, ig_variant: str = "official", batch_size: int = 16,
                  mask_token: str | None = None):
         from ..train.mntp import mask_token_id
 
@@ -103,7 +105,10 @@ class EncoderBackend:
         self.device = encoder.device
 
     def describe(self) -> dict:
-        return {"backend": self.name, "mask_id": self.mask_id, "ig_steps": self.ig_steps, "ig_variant": self.ig_variant}
+        return {"backend": self.name, "model": self.encoder.source, "encoder_config": {
+                    k: v for k, v in vars(self.encoder.config).items() if k != "l2v_version"},
+                "mask_id": self.mask_id, "ig_steps": self.ig_steps, "ig_variant": self.ig_variant,
+                "head": "logistic regression (lbfgs, deterministic: seeds vary only the random baseline)"}
 
     def _embed(self, split: Split) -> np.ndarray:
         from ..encoder import Tokenized
@@ -142,7 +147,8 @@ class EncoderBackend:
     def score(self, model, split: Split, measure: str, seed: int) -> list[np.ndarray]:
         generator = torch.Generator().manual_seed(seed)
         model.want_attention = measure == "attention"
-        matrix = self.encoder.model.get_input_embeddings().weight
+        matrix = self.encoder.model.get_input_embeddings().weight.detach().float()
+        gram = matrix.T @ matrix if measure == "gradient" else None  # once per split, not per batch
         result: list = [None] * len(split)
         order = np.argsort([len(t) for t in split.tokens], kind="stable")
         for start in range(0, len(order), self.batch_size):
@@ -157,7 +163,7 @@ class EncoderBackend:
             labels = torch.as_tensor(split.labels[indices])
             values = importance(model, tokens.to(self.device), mask.to(self.device), labels.to(self.device), measure,
                                 generator=generator, ig_steps=self.ig_steps, ig_variant=self.ig_variant,
-                                embedding_matrix=matrix).detach().cpu().numpy()
+                                gram=gram).detach().cpu().numpy()
             for row, index in enumerate(indices):
                 result[index] = values[row, : len(split.tokens[index])]
         model.want_attention = False

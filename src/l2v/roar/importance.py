@@ -40,8 +40,9 @@ def _gold_logit_gradient(model, embedded, mask, labels, questions, question_mask
 def importance(model, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, measure: str,
                questions: torch.Tensor | None = None, question_mask: torch.Tensor | None = None,
                generator: torch.Generator | None = None, ig_steps: int = 50, ig_variant: str = "official",
-               embedding_matrix: torch.Tensor | None = None) -> torch.Tensor:
-    """(batch, length) scores; higher means more important. The model is used in eval mode."""
+               gram: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, length) scores; higher means more important. The model is used in eval mode. ``gram`` is E^T E
+    of the embedding matrix, computed here when not given (pass it to score many batches)."""
     if measure not in ALL_MEASURES:
         raise ValueError(f"unknown importance measure {measure!r}; choose one of: {', '.join(ALL_MEASURES)}")
     if ig_variant not in ("official", "textbook"):
@@ -63,8 +64,9 @@ def importance(model, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Te
             elif measure in ("gradient", "input_x_gradient"):
                 gradient = _gold_logit_gradient(model, embedded, mask, labels, questions, question_mask).float()
                 if measure == "gradient":
-                    weight = (embedding_matrix if embedding_matrix is not None else embedding.weight).detach().float()
-                    gram = weight.T @ weight
+                    if gram is None:
+                        weight = embedding.weight.detach().float()
+                        gram = weight.T @ weight
                     scores = torch.einsum("bld,de,ble->bl", gradient, gram, gradient).clamp(min=0).sqrt()
                 else:
                     scores = (gradient * embedded.float()).sum(-1).abs()

@@ -1,9 +1,10 @@
 """Masking for ROAR: replace (never delete) the most important eligible tokens by the mask token.
 
 Eligible positions are real tokens (no padding, no special tokens); already masked positions stay masked and
-count towards the total: at ratio k %, ``k * n_eligible // 100`` positions of a sequence are masked (the paper's
-``int(k/100 * n)``, in exact integer arithmetic), the new ones chosen by importance among those not yet masked
-(ties: the earlier position first).
+count towards the total: at ratio k %, ``int(k / 100 * n_eligible)`` positions of a sequence are masked (the
+paper's formula, floating point included), the new ones chosen by importance among those not yet masked (ties:
+the earlier position first). A score that is not finite at an eligible position is an error, not a silent
+fallback to position order.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 
 def masked_count(k: int, eligible: int) -> int:
-    return k * eligible // 100
+    return int(k / 100 * eligible)
 
 
 def grow_mask(tokens: list[int], scores: np.ndarray, k: int, mask_id: int, eligible: np.ndarray | None = None) -> list[int]:
@@ -28,7 +29,10 @@ def grow_mask(tokens: list[int], scores: np.ndarray, k: int, mask_id: int, eligi
     if need <= 0:
         return tokens
     candidates = np.array([p for p in positions if tokens[p] != mask_id], dtype=np.int64)
-    order = candidates[np.argsort(-np.asarray(scores, dtype=np.float64)[candidates], kind="stable")]
+    values = np.asarray(scores, dtype=np.float64)[candidates]
+    if not np.isfinite(values).all():
+        raise ValueError(f"importance scores are not finite at eligible positions {candidates[~np.isfinite(values)].tolist()}")
+    order = candidates[np.argsort(-values, kind="stable")]
     for position in order[:need]:
         tokens[int(position)] = mask_id
     return tokens

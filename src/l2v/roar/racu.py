@@ -26,7 +26,7 @@ def racu(ratios, measure, random) -> float:
     numerator = float(np.sum(dx * (dp[:-1] + dp[1:]) / 2))
     denominator = float(np.sum(dx * (db[:-1] + db[1:]) / 2))
     if denominator <= 0:
-        return 0.0  # random masking loses nothing: no measure can be told apart from it
+        return float("nan")  # random masking loses nothing: RACU is undefined for this seed
     return float(np.clip(numerator / denominator, -1.0, 1.0))
 
 

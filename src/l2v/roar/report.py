@@ -21,18 +21,22 @@ PAPER_RACU = {
 
 def collect(folder: str | Path) -> list[dict]:
     folder = Path(folder)
-    results = [json.loads(p.read_text()) for p in sorted(folder.rglob("result.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(folder.rglob("result.json"))
+               if not any(part.startswith(".") for part in p.relative_to(folder).parts)]  # no leftovers of killed writes
     if not results:
         raise L2VError(f"{folder}: no ROAR results (run `l2v roar run` first)")
     return results
 
 
 def curves(results: list[dict]) -> dict:
-    """{dataset: {seed: {curve name: {k: performance}}}}; base (k=0) and random k=100 join every curve."""
+    """{dataset (+ backend): {seed: {curve name: {k: performance}}}}; base (k=0) and random k=100 join every curve.
+    Results of different backends (the paper's BiLSTM, an l2v encoder) are kept apart."""
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for r in results:
         name = r["measure"] if r["recursive"] is None else f"{r['measure']}-{'recursive' if r['recursive'] else 'plain'}"
-        table[r["dataset"]][r["seed"]][name][r["k"]] = r["performance"]
+        backend = r.get("backend", "bilstm")
+        key = r["dataset"] if backend == "bilstm" else f"{r['dataset']} ({backend})"
+        table[key][r["seed"]][name][r["k"]] = r["performance"]
     for dataset, seeds in table.items():
         for seed, named in seeds.items():
             base = named.pop("base", {}).get(0)
@@ -50,20 +54,25 @@ def racu_table(results: list[dict]) -> list[dict]:
     for dataset, seeds in curves(results).items():
         names = sorted({n for s in seeds.values() for n in s if n != "random"})
         for name in names:
-            values, complete_seeds = [], []
+            values, complete_seeds, undefined = [], [], []
             for seed, named in sorted(seeds.items()):
                 curve, random = named.get(name, {}), named.get("random", {})
                 ks = sorted(curve)
                 if not ks or ks[0] != 0 or ks[-1] != 100 or sorted(random) != ks:
                     continue  # an unfinished curve is not summarised
-                values.append(racu(ks, [curve[k] for k in ks], [random[k] for k in ks]))
+                value = racu(ks, [curve[k] for k in ks], [random[k] for k in ks])
+                if np.isnan(value):
+                    undefined.append(seed)  # random masking lost nothing on this seed: RACU is undefined there
+                    continue
+                values.append(value)
                 complete_seeds.append(seed)
-            if not values:
+            if not values and not undefined:
                 continue
-            mean, low, high = mean_with_ci(values)
+            mean, low, high = mean_with_ci(values) if values else (None, None, None)
             measure = name.rsplit("-", 1)[0]
             rows.append({"dataset": dataset, "measure": measure, "recursive": name.endswith("-recursive"),
-                         "seeds": complete_seeds, "racu": values, "mean": mean, "ci_low": low, "ci_high": high,
+                         "seeds": complete_seeds, "undefined_seeds": undefined, "racu": values, "mean": mean,
+                         "ci_low": low, "ci_high": high,
                          "paper": PAPER_RACU.get(dataset, {}).get(measure) if name.endswith("-recursive") else None})
     return rows
 
@@ -80,8 +89,12 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
     lines = ["| dataset | measure | ROAR | seeds | RACU (%) | 95 % CI | paper (LSTM, recursive) |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         paper = "" if row["paper"] is None else f"{row['paper']:.1f}"
+        if row["mean"] is None:
+            value, interval = "n/a", "random masking lost nothing"
+        else:
+            value, interval = f"{100 * row['mean']:.1f}", f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
         lines.append(f"| {row['dataset']} | {row['measure']} | {'recursive' if row['recursive'] else 'plain'} | {len(row['seeds'])} | "
-                     f"{100 * row['mean']:.1f} | [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] | {paper} |")
+                     f"{value} | {interval} | {paper} |")
     with atomic_path(output / "racu.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     write_json_atomic({"racu": rows, "steps": results}, output / "racu.json")

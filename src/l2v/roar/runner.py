@@ -124,7 +124,7 @@ class RoarRun:
             return json.loads((folder / "result.json").read_text())
         begin = time.perf_counter()
         model, report = self.backend.train(data, _seed_for(seed, k))
-        result = {"dataset": self.data.name, "measure": measure, "recursive": recursive, "seed": seed, "k": k,
+        result = {"dataset": self.data.name, "backend": self.backend.name, "measure": measure, "recursive": recursive, "seed": seed, "k": k,
                   "performance": report["test"]["performance"], "test": report["test"], "validation": report["validation"],
                   "best_epoch": report.get("best_epoch"), "masked_fraction": masked_fraction(data.splits["test"].tokens, self.backend.mask_id),
                   "seconds": round(time.perf_counter() - begin, 2)}
@@ -146,6 +146,9 @@ class RoarRun:
     def _load_model(self, folder: Path):
         from safetensors.torch import load_file
 
+        if not (folder / "model.safetensors").exists():
+            raise L2VError(f"{folder} has no model to score the next step with (a recursive chain keeps only its latest "
+                           f"model); delete {folder.parent} from this step on to recompute it")
         return self.backend.load(load_file(str(folder / "model.safetensors")), self.data)
 
     # ------------------------------------------------------------------ chains
@@ -160,8 +163,8 @@ class RoarRun:
             if not (folder / "result.json").exists():
                 if previous:
                     data = _load_masks(self.output / f"seed-{seed}" / "random" / f"k{previous:03d}", self.data)
-                scores = {name: [np.random.default_rng(_seed_for(seed, k, salt=i)).random(len(t)) for i, t in enumerate(split.tokens)]
-                          for name, split in data.splits.items()}
+                scores = {name: [np.random.default_rng([seed, k, split_index, i]).random(len(t)) for i, t in enumerate(split.tokens)]
+                          for split_index, (name, split) in enumerate(data.splits.items())}
                 data = _masked(data, scores, k, self.backend.mask_id)
             results.append(self._step(folder, data, seed, k, "random", None, keep_model=False))
         return results

@@ -1,0 +1,48 @@
+"""The trained built-in encoders shipped with l2v (slow: loads SmolLM2 + the shipped LoRA adapters)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from l2v import Encoder
+from l2v.registry import TRAINED_ENCODERS, trained_encoder_folder
+
+pytestmark = pytest.mark.slow
+DATA = Path(os.environ.get("L2V_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="module")
+def stsb_pairs():
+    path = DATA / "sts" / "stsb_test.tsv"
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {DATA} (set L2V_DATA)")
+        pytest.skip(f"shared data not found at {DATA} (set L2V_DATA)")
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:301]]
+    return [r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows])
+
+
+def spearman(encoder, pairs) -> float:
+    first, second, gold = pairs
+    a, b = encoder.encode(first), encoder.encode(second)
+    return float(spearmanr((a * b).sum(1), gold).correlation)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINED_ENCODERS))
+def test_shipped_encoder_loads_offline_and_beats_the_untrained_model(name, stsb_pairs):
+    folder = trained_encoder_folder(name)
+    config = json.loads((folder / "l2v_config.json").read_text())
+    assert config["base_model"] == "smollm2-135m" and config["adapters"] and config["merged_adapters"]
+    for adapter in [config["adapters"], *config["merged_adapters"]]:
+        assert (folder / adapter / "adapter_model.safetensors").exists()
+        assert not list((folder / adapter).glob("*.bin"))
+    encoder = Encoder.from_pretrained(name)
+    assert encoder.info()["bidirectional_verified"] is True
+    trained = spearman(encoder, stsb_pairs)
+    untrained = spearman(Encoder.from_pretrained("smollm2-135m"), stsb_pairs)
+    assert trained > untrained + 0.3, (trained, untrained)
+    assert json.loads((folder / "provenance.json").read_text())["recipe"] == TRAINED_ENCODERS[name].recipe
