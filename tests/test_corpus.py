@@ -109,8 +109,10 @@ def test_kill_at_an_arbitrary_moment(tiny_llama_folder, tmp_path):
     deadline = time.time() + 120
     while not list(out.glob("shard-*.npz")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.01)
+    assert process.poll() is None, "the job finished before it could be killed"
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
     for shard in out.glob("shard-*.npz"):  # whatever is there under a final name is whole
         with np.load(shard) as data:
             assert data["embeddings"].shape == (2, 32)
@@ -125,7 +127,7 @@ def test_two_ranks_under_torchrun_equal_one_process(tiny_llama_folder, tmp_path)
     common = ["embed-corpus", "-m", str(tiny_llama_folder), "-i", str(source), "--shard-size", "3", "--no-progress"]
     cli(*common, "-o", tmp_path / "single")
     torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "l2v.cli", *common,
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "l2v.cli", *common,
                              "-o", str(tmp_path / "ranks")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = load_manifest(tmp_path / "ranks")
@@ -167,6 +169,10 @@ def test_a_different_job_in_the_same_folder_is_refused(tiny_llama_folder, tmp_pa
     ("bad_id.jsonl", b'{"text": "paris", "id": null}\n', "line 1: 'id' must be a string or an integer"),
     ("latin1.txt", b"paris\ncaf\xe9\n", "line 2 is not valid UTF-8"),
     ("corpus.csv", b"text\nparis\n", "unsupported input format '.csv'"),
+    ("mixed_ids.jsonl", b'{"text": "a", "id": "x"}\n{"text": "b"}\n', "record 1 lacks an 'id' field"),
+    ("dup_ids.jsonl", b'{"text": "a", "id": 3}\n{"text": "b", "id": 3}\n', "record 1 repeats the id 3"),
+    ("kinds.jsonl", b'{"text": "a", "id": 3}\n{"text": "b", "id": "3"}\n', "ids mix integers and strings"),
+    ("big_id.jsonl", b'{"text": "a", "id": 99999999999999999999}\n', "does not fit in 64 bits"),
 ])
 def test_bad_input_is_a_clear_error_before_anything_is_written(tiny_llama_folder, tmp_path, name, content, needle):
     source = tmp_path / name
@@ -181,16 +187,40 @@ def test_search_finds_the_text_itself(tiny_llama_folder, tmp_path):
     source = write_jsonl(tmp_path / "corpus.jsonl")
     out = tmp_path / "out"
     assert run("embed-corpus", "-m", tiny_llama_folder, "-i", source, "-o", out, "--shard-size", 6, "--no-progress").exit_code == 0
-    result = run("search", out, "--query", TEXTS[4], "--query", TEXTS[7], "-k", 3, "--json", "--show-text")
+    unique = next(t for t in TEXTS if TEXTS.count(t) == 1)
+    result = run("search", out, "--query", TEXTS[4], "--query", unique, "-k", 3, "--json", "--show-text")
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)
     assert hits[0]["hits"][0]["id"] in {f"doc-{i}" for i, t in enumerate(TEXTS) if t == TEXTS[4]}
     assert hits[0]["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4) and hits[0]["hits"][0]["text"] == TEXTS[4]
     assert len(hits[1]["hits"]) == 3 and hits[1]["hits"][0]["score"] >= hits[1]["hits"][2]["score"]
     embeddings, ids = read_all(out)
-    query = Encoder.from_pretrained(str(tiny_llama_folder)).encode([TEXTS[7]])[0]
-    best = np.argsort(-(embeddings @ query), kind="stable")[:3]
-    assert [h["id"] for h in hits[1]["hits"]] == [str(ids[i]) for i in best]
+    query = Encoder.from_pretrained(str(tiny_llama_folder)).encode([unique])[0]
+    scores = embeddings @ query
+    assert hits[1]["hits"][0]["id"] == str(ids[int(np.argmax(scores))])
+    assert [h["score"] for h in hits[1]["hits"]] == pytest.approx(sorted(scores, reverse=True)[:3], abs=1e-5)
+    empty = run("search", out, "--query", " ")
+    assert empty.exit_code == 2 and "query 0 is empty" in empty.output
+    source.write_text(source.read_text() + json.dumps({"id": "new", "text": "paris"}) + "\n")
+    changed = run("search", out, "--query", "paris", "--show-text")
+    assert changed.exit_code == 2 and "changed since it was embedded" in changed.output
     (out / "manifest.json").unlink()
     unfinished = run("search", out, "--query", "paris")
     assert unfinished.exit_code == 2 and "unfinished" in unfinished.output
+
+
+def test_no_truncate_names_the_record_and_float16_overflow_is_refused(tiny_llama_folder, tmp_path):
+    source = write_jsonl(tmp_path / "corpus.jsonl")
+    long_one = run("embed-corpus", "-m", tiny_llama_folder, "-i", source, "-o", tmp_path / "a", "--max-length", 5,
+                   "--no-truncate", "--no-progress")
+    assert long_one.exit_code == 2 and "record 0 (id 'doc-0') is longer than 5 tokens" in long_one.output
+    assert not list((tmp_path / "a").glob("shard-*.npz"))
+    from l2v.serve.corpus import CorpusJob, embed_corpus
+
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder))
+    original = encoder.embed_tokenized
+    encoder.embed_tokenized = lambda *a, **k: original(*a, **k) * 1e6  # unnormalised values beyond float16
+    job = CorpusJob(model=str(tiny_llama_folder), input=str(source), output=str(tmp_path / "b"), dtype="float16", normalize=False)
+    with pytest.raises(Exception, match="overflow float16"):
+        embed_corpus(job, encoder=encoder, show_progress=False)
+    assert not list((tmp_path / "b").glob("shard-*.npz"))

@@ -97,6 +97,8 @@ def test_export_cli_and_bad_input(tiny_llama_folder, tmp_path):
     assert run("export", tiny_llama_folder, "-o", tmp_path / "x", "--format", "onnx").exit_code == 2
     bad_prompt = run("export", tiny_llama_folder, "-o", tmp_path / "y", "--prompt", "query")
     assert bad_prompt.exit_code == 2 and "NAME=INSTRUCTION" in bad_prompt.output
+    with pytest.raises(L2VError, match="no place for them"):
+        export(Encoder.from_pretrained(str(tiny_llama_folder)), tmp_path / "w", format="hf", prompts={"query": "q"})
     with pytest.raises(L2VError, match="default prompt 'doc'"):
         export(Encoder.from_pretrained(str(tiny_llama_folder)), tmp_path / "z", prompts={"query": "q"}, default_prompt_name="doc")
     assert not (tmp_path / "z").exists()

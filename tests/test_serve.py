@@ -116,7 +116,8 @@ def test_base64_is_little_endian_float32(served, tiny_encoder):
     ({"input": ["paris"], "model": "tiny", "dimensions": 0}, 422, "dimensions must be an integer from 1 to 32"),
     ({"input": ["paris"], "model": "tiny", "dimensions": 33}, 422, "dimensions"),
     ({"input": ["paris"], "model": "tiny", "temperature": 1}, 422, "unknown field 'temperature'"),
-    ({"input": ["paris " * 600], "model": "tiny"}, 413, None),  # 3600 characters: over the character limit
+    ({"input": ["paris"], "model": "tiny", "instruction": "x" * 201}, 413, "instruction has 201 characters"),
+    ({"input": ["paris"], "model": "tiny", "instruction": 7}, 422, "instruction must be a string"),
 ])
 def test_bad_requests_get_clear_errors(served, payload, status, needle):
     url, _ = served
@@ -130,6 +131,14 @@ def test_bad_requests_get_clear_errors(served, payload, status, needle):
 
 def test_invalid_json_and_too_many_tokens(served, tiny_encoder):
     url, _ = served
+    nested = httpx.post(f"{url}/v1/embeddings", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert nested.status_code == 400 and "nested too deeply" in nested.json()["error"]["message"]
+    tiny_encoder.config.max_length, saved = 16, tiny_encoder.config.max_length
+    try:
+        crowded = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny", "instruction": "the cat " * 10})
+    finally:
+        tiny_encoder.config.max_length = saved
+    assert crowded.status_code == 413 and "leaving no room for the text" in crowded.json()["error"]["message"]
     response = httpx.post(f"{url}/v1/embeddings", content=b'{"input": ["paris"', headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
     response = httpx.post(f"{url}/v1/embeddings", content=b"\xff\xfe", headers={"content-type": "application/json"})
@@ -191,6 +200,15 @@ def test_full_queue_answers_503_with_retry_after_and_nothing_hangs(tiny_encoder)
         assert all(r.headers["retry-after"] == "1" and "retry later" in r.json()["error"]["message"] for r in busy)
 
 
+def test_request_larger_than_the_queue_is_413_not_an_endless_503(tiny_encoder):
+    with running_server(tiny_encoder, ServerSettings(model_name="tiny", max_queue_texts=3)) as (url, _):
+        response = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS, "model": "tiny"})
+        assert response.status_code == 413 and "more than the server's queue holds (3)" in response.json()["error"]["message"]
+        big = httpx.post(f"{url}/v1/embeddings", content=b'{"input": "' + b"a" * 40_000_000 + b'"}',
+                         headers={"content-type": "application/json"})
+        assert big.status_code == 413 and "body" in big.json()["error"]["message"]
+
+
 def test_slow_request_gets_504_and_failure_gets_500(tiny_encoder):
     with running_server(tiny_encoder, ServerSettings(model_name="tiny", request_timeout=0.2), slow_seconds=1.0) as (url, _):
         response = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
@@ -210,6 +228,9 @@ def test_api_key_is_required_on_every_route(tiny_encoder):
             assert httpx.get(f"{url}{path}").status_code == 401
         assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/health", headers={"Authorization": "Basic s3cret"}).status_code == 401
+        assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer"}).status_code == 401
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": "paris", "model": "tiny"}).status_code == 401
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=f"{url}/v1", api_key="wrong").embeddings.create(model="tiny", input="paris")
         response = OpenAI(base_url=f"{url}/v1", api_key="s3cret").embeddings.create(model="tiny", input="paris")

@@ -390,6 +390,9 @@ def embed_corpus(
     normalize: bool = typer.Option(True, "--normalize/--no-normalize"),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=2),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    truncate: bool = typer.Option(True, "--truncate/--no-truncate", help="cut texts over --max-length tokens (counted), or fail naming the record"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda:0 ... (default: this rank's GPU under torchrun, else cpu)"),
+    compute_dtype: str = typer.Option("float32", "--compute-dtype", help="float32, bfloat16, float16 (GPU), auto"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Embed a large file into resumable shards. Rerun the same command to resume; run under torchrun to scale out."""
@@ -402,7 +405,8 @@ def embed_corpus(
         model_ref = str(Path(model).resolve()) if Path(model).exists() else model
         job = CorpusJob(model=model_ref, input=str(input), output=str(output), shard_size=shard_size, dtype=dtype,
                         text_field=text_field, id_field=id_field, instruction=instruction, normalize=normalize,
-                        max_length=max_length, batch_size=batch_size)
+                        max_length=max_length, batch_size=batch_size, truncate=truncate, device=device,
+                        compute_dtype=compute_dtype)
         result = run_job(job, show_progress=progress, log=lambda line: typer.echo(line, err=True))
         if result.get("complete"):
             typer.echo(f"wrote {output}: {result['records']} records in {result['shards']} shards "
@@ -438,10 +442,15 @@ def search(
                             text_field=manifest["text_field"], id_field=manifest["id_field"])
             if not Path(job.input).exists():
                 raise L2VError(f"--show-text: the input file {job.input} is gone")
-            for record_id, text in iter_records(job):
+            import hashlib
+
+            digest = hashlib.sha256()
+            for record_id, text in iter_records(job, digest):
                 key = record_id if manifest["id_kind"] == "int" else str(record_id)
                 if key in wanted:
                     texts[key] = text
+            if digest.hexdigest() != manifest["input_sha256"]:
+                raise L2VError(f"--show-text: {job.input} changed since it was embedded; its texts would not match the ids")
         if as_json:
             typer.echo(json.dumps([{"query": q, "hits": [{"id": i, "score": s, **({"text": texts.get(i)} if show_text else {})}
                                                          for s, i in hits]} for q, hits in zip(query, results)], indent=2))

@@ -218,6 +218,8 @@ class Encoder(torch.nn.Module):
 
     def _instruction_ids(self, instruction: str) -> list[int]:
         if instruction not in self._instruction_cache:
+            if len(self._instruction_cache) >= 1024:  # bounded: a server sees instructions from its clients
+                self._instruction_cache.clear()
             text = self.config.instruction_format.format(instruction=instruction)
             self._instruction_cache[instruction] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._instruction_cache[instruction]

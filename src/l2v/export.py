@@ -9,8 +9,10 @@ encoder:
   switch, recorded in ``l2v_config.json``).
 * ``sentence-transformers``: the same folder plus ``modules.json`` naming :class:`SentenceTransformerModule`
   (then ``Normalize``, so the vectors equal ``l2v encode``'s), and ``config_sentence_transformers.json`` with the
-  encoder's instructions as sentence-transformers *prompts*. ``SentenceTransformer(DIR)`` loads it when l2v is
-  installed; a prompt is handled exactly like an l2v instruction: attended to, never pooled.
+  encoder's instructions as sentence-transformers *prompts*. ``SentenceTransformer(DIR, trust_remote_code=True)``
+  loads it when l2v is installed (sentence-transformers 6 asks for ``trust_remote_code`` for any module class
+  outside its own package; nothing is downloaded); a prompt is handled exactly like an l2v instruction: attended
+  to, never pooled.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ class SentenceTransformerModule(InputModule):
         folder = load_dir_path(model_name_or_path=model_name_or_path, subfolder=subfolder, token=token,
                                cache_folder=cache_folder, revision=revision, local_files_only=local_files_only)
         model_kwargs = kwargs.get("model_kwargs") or {}
+        # Loaded on the CPU: sentence-transformers moves the whole model to the device the user asked for.
         encoder = Encoder.from_pretrained(folder, dtype=model_kwargs.get("dtype", model_kwargs.get("torch_dtype", "float32")),
-                                          device=kwargs.get("device"))
+                                          device="cpu", trust_remote_code=bool(kwargs.get("trust_remote_code")))
         return cls(encoder)
 
 

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request  # at module level: FastAPI resolves the ha
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..encoder import Encoder, _hidden_size
+from ..errors import L2VError
 from .batcher import MicroBatcher, QueueFull
 
 
@@ -52,6 +53,7 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers or {}
 
 
+KNOWN_PATHS = {"/v1/embeddings", "/v1/models", "/health", "/metrics"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                413: "invalid_request_error", 422: "invalid_request_error", 503: "server_error", 504: "server_error",
                500: "server_error"}
@@ -83,6 +85,8 @@ def _parse_request(raw: bytes, settings: ServerSettings, hidden_size: int) -> di
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RequestError(400, f"the request body is not valid JSON ({error})", code="invalid_json") from None
+    except RecursionError:
+        raise RequestError(400, "the request body is nested too deeply to be a valid request", code="invalid_json") from None
     if not isinstance(body, dict):
         raise RequestError(422, f"the request body must be a JSON object, got {type(body).__name__}")
     known = {"input", "model", "encoding_format", "dimensions", "user", "instruction"}
@@ -125,6 +129,9 @@ def _parse_request(raw: bytes, settings: ServerSettings, hidden_size: int) -> di
     instruction = body.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise RequestError(422, f"instruction must be a string, got {type(instruction).__name__}", param="instruction")
+    if instruction is not None and len(instruction) > settings.max_chars_per_text:
+        raise RequestError(413, f"instruction has {len(instruction)} characters; the limit is {settings.max_chars_per_text}",
+                           param="instruction", code="text_too_long")
     return {"texts": texts, "encoding_format": encoding_format, "dimensions": dimensions, "instruction": instruction or None}
 
 
@@ -164,11 +171,15 @@ def create_app(encoder: Encoder, settings: ServerSettings):
         except RequestError as error:
             response = _error_response(error)
         if metrics is not None:
-            metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+            path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # bounded label values
+            metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
     @app.get("/health")
     async def health():
+        if not batcher.running:
+            return JSONResponse({"status": "unavailable", "model": settings.model_name, "reason": "the model worker stopped"},
+                                status_code=503)
         return {"status": "ok", "model": settings.model_name, "queue_texts": batcher.queued_texts,
                 "uptime_seconds": round(time.time() - started, 1)}
 
@@ -190,14 +201,27 @@ def create_app(encoder: Encoder, settings: ServerSettings):
     async def embeddings(request: Request):
         begin = time.perf_counter()
         try:
-            raw = await request.body()
-            if len(raw) > settings.max_body_bytes:
-                raise RequestError(413, f"the request body has {len(raw)} bytes; the limit is {settings.max_body_bytes}",
-                                   code="body_too_large")
-            parsed = _parse_request(raw, settings, hidden_size)
+            chunks, size = [], 0
+            async for chunk in request.stream():  # capped as it arrives (a chunked upload has no Content-Length)
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise RequestError(413, f"the request body is over the limit of {settings.max_body_bytes} bytes",
+                                       code="body_too_large")
+                chunks.append(chunk)
+            parsed = _parse_request(b"".join(chunks), settings, hidden_size)
+            count = len(parsed["texts"])
+            if count > settings.max_queue_texts:
+                raise RequestError(413, f"'input' has {count} texts, more than the server's queue holds "
+                                        f"({settings.max_queue_texts}); split the request", param="input", code="too_many_inputs")
+            if batcher.queued_texts + count > settings.max_queue_texts:  # refuse early, before tokenising
+                raise RequestError(503, f"the server is busy ({batcher.queued_texts} texts queued); retry later",
+                                   code="queue_full", headers={"Retry-After": "1"})
             loop = asyncio.get_running_loop()
             items = [(parsed["instruction"] or "", text) for text in parsed["texts"]]
-            tokenized = await loop.run_in_executor(tokenizer_pool, encoder.tokenize, items)
+            try:
+                tokenized = await loop.run_in_executor(tokenizer_pool, encoder.tokenize, items)
+            except L2VError as error:  # e.g. an instruction that leaves no room for the text
+                raise RequestError(413, str(error), code="context_length_exceeded") from None
             if not settings.truncate:
                 for index, item in enumerate(tokenized):
                     if item.truncated:
@@ -209,9 +233,12 @@ def create_app(encoder: Encoder, settings: ServerSettings):
             except QueueFull as error:
                 raise RequestError(503, f"the server is busy ({error}); retry later", code="queue_full",
                                    headers={"Retry-After": "1"}) from None
+            except RuntimeError as error:
+                raise RequestError(503, f"the model worker is not running ({error})", code="unavailable") from None
             try:
                 vectors = await asyncio.wait_for(future, timeout=settings.request_timeout)
             except asyncio.TimeoutError:
+                future.cancel()  # dropped before it reaches the model, if it has not yet
                 raise RequestError(504, f"the request took longer than {settings.request_timeout:g} s", code="timeout") from None
             except QueueFull as error:
                 raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None

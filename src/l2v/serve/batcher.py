@@ -57,6 +57,7 @@ class MicroBatcher:
         self.batch_size = batch_size
         self.stats = BatcherStats()
         self._queue: deque[_Job] = deque()
+        self._in_flight: list[_Job] = []
         self._queued_texts = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -65,6 +66,10 @@ class MicroBatcher:
     @property
     def queued_texts(self) -> int:
         return self._queued_texts
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -77,10 +82,11 @@ class MicroBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self._queue:
-            job = self._queue.popleft()
+        for job in [*self._in_flight, *self._queue]:
             if not job.future.done():
                 job.future.set_exception(QueueFull("the server is shutting down"))
+        self._queue.clear()
+        self._in_flight = []
         self._queued_texts = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -127,6 +133,7 @@ class MicroBatcher:
             if not jobs:
                 continue
             items = [item for job in jobs for item in job.items]
+            self._in_flight = jobs
             try:
                 vectors = await loop.run_in_executor(self._executor, self._encode, items)
             except Exception as error:  # noqa: BLE001 - the requests get the error, the server stays up
@@ -134,6 +141,8 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_exception(error)
                 continue
+            finally:
+                self._in_flight = []
             self.stats.batches += 1
             self.stats.texts += len(items)
             self.stats.requests += len(jobs)

@@ -55,6 +55,9 @@ class CorpusJob:
     normalize: bool = True
     max_length: int | None = None
     batch_size: int = 32
+    truncate: bool = True  # False: a text over max_length tokens is an error naming its record
+    device: str | None = None  # default: this rank's GPU (LOCAL_RANK) if there is one, else the CPU
+    compute_dtype: str = "float32"
 
     def check(self) -> None:
         if self.shard_size < 1:
@@ -105,7 +108,7 @@ def iter_records(job: CorpusJob, digest=None) -> Iterator[tuple[object, str]]:
                 raise InputFileError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
             if not isinstance(record, dict):
                 raise InputFileError(f"{path}: line {number} must be a JSON object, got {type(record).__name__}")
-            yield _checked(record.get(job.id_field, index), record, job, f"{path}: line {number}")
+            yield _checked(record.get(job.id_field, _NO_ID(index)), record, job, f"{path}: line {number}")
             index += 1
     else:
         try:
@@ -127,8 +130,17 @@ def iter_records(job: CorpusJob, digest=None) -> Iterator[tuple[object, str]]:
         index = 0
         for batch in parquet.iter_batches(columns=wanted, batch_size=4096):
             for record in batch.to_pylist():
-                yield _checked(record.get(job.id_field, index), record, job, f"{path}: row {index}")
+                value = record.get(job.id_field)
+                yield _checked(_NO_ID(index) if value is None and job.id_field not in wanted else value, record, job,
+                               f"{path}: row {index}")
                 index += 1
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+class _NO_ID(int):
+    """A record number standing in for a missing id (so the checking pass can tell the two apart)."""
 
 
 def _checked(record_id, record: dict, job: CorpusJob, where: str) -> tuple[object, str]:
@@ -141,18 +153,37 @@ def _checked(record_id, record: dict, job: CorpusJob, where: str) -> tuple[objec
         raise InputFileError(f"{where}: {job.text_field!r} is an empty string")
     if isinstance(record_id, bool) or not isinstance(record_id, (int, str)):
         raise InputFileError(f"{where}: {job.id_field!r} must be a string or an integer, got {type(record_id).__name__}")
+    if isinstance(record_id, int) and not INT64[0] <= record_id <= INT64[1]:
+        raise InputFileError(f"{where}: {job.id_field!r} {record_id} does not fit in 64 bits")
     return record_id, text
 
 
 def scan(job: CorpusJob) -> dict:
-    """The checking pass: record count, id kind, and a fingerprint of the file's bytes."""
+    """The checking pass: record count, id kind, duplicate ids, and a fingerprint of the file's bytes.
+
+    Ids come from the id field on every record or on none (then the record number); integers and strings are not
+    mixed; a repeated id is an error (the check keeps an 8-byte hash per record)."""
     digest = hashlib.sha256()
-    count, kinds = 0, set()
+    count, kinds, seen = 0, set(), set()
+    with_id = None
     for record_id, _ in iter_records(job, digest):
-        kinds.add(type(record_id).__name__)
+        has_id = not isinstance(record_id, _NO_ID)
+        if with_id is None:
+            with_id = has_id
+        elif has_id != with_id:
+            raise InputFileError(f"{job.input}: record {count} {'has' if has_id else 'lacks'} an {job.id_field!r} field "
+                                 f"while record 0 {'has' if with_id else 'lacks'} one; give every record an id, or none")
+        kinds.add("int" if isinstance(record_id, int) else "str")
+        if with_id:
+            key = hashlib.blake2b(repr(record_id).encode(), digest_size=8).digest()
+            if key in seen:
+                raise InputFileError(f"{job.input}: record {count} repeats the id {record_id!r}")
+            seen.add(key)
         count += 1
     if count == 0:
         raise InputFileError(f"{job.input}: no records to embed")
+    if kinds == {"int", "str"}:
+        raise InputFileError(f"{job.input}: ids mix integers and strings; use one kind")
     return {"records": count, "id_kind": "int" if kinds == {"int"} else "str", "input_sha256": digest.hexdigest()}
 
 
@@ -175,11 +206,30 @@ def _job_record(job: CorpusJob, scanned: dict, encoder) -> dict:
 
     return {
         "model": job.model, "encoder_config": asdict(encoder.config) | {"l2v_version": None},
+        "weights": _weights_signature(job.model, encoder),
         "input": str(Path(job.input).resolve()), "input_sha256": scanned["input_sha256"], "records": scanned["records"],
         "id_kind": scanned["id_kind"], "shard_size": job.shard_size, "shards": math.ceil(scanned["records"] / job.shard_size),
         "dtype": job.dtype, "text_field": job.text_field, "id_field": job.id_field, "instruction": job.instruction,
         "normalize": job.normalize, "dimension": _hidden_size(encoder.model), "l2v_version": __version__,
     }
+
+
+def _weights_signature(model: str, encoder) -> str:
+    """Names, sizes and modification times of the weight files (the model folder, its base, its adapters), so shards
+    of a model retrained in place are not mixed with new ones."""
+    from ..registry import resolve
+
+    folders = {Path(resolve(model).location)}
+    if encoder.config.base_model not in (".", model):
+        folders.add(Path(resolve(encoder.config.base_model).location))
+    folders |= {Path(f) for f in encoder.merged_adapter_folders}
+    entries = []
+    for folder in sorted(folders):
+        if folder.is_dir():
+            entries += sorted((str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in folder.rglob("*.safetensors"))
+        else:
+            entries.append((str(folder), "hub"))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def _check_same_job(existing: dict, wanted: dict, folder: Path) -> None:
@@ -203,7 +253,13 @@ def embed_corpus(job: CorpusJob, rank: int | None = None, world: int | None = No
     output = Path(job.output)
     scanned = scan(job)  # bad input fails here, before any model is loaded or shard written
     if encoder is None:
-        encoder = Encoder.from_pretrained(job.model, max_length=job.max_length)
+        device = job.device
+        if device is None:
+            import torch
+
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"  # one GPU per rank
+        encoder = Encoder.from_pretrained(job.model, max_length=job.max_length, device=device, dtype=job.compute_dtype)
     record = _job_record(job, scanned, encoder)
     output.mkdir(parents=True, exist_ok=True)
     if (output / JOB_FILE).exists():
@@ -238,10 +294,20 @@ def embed_corpus(job: CorpusJob, rank: int | None = None, world: int | None = No
             texts.append(text)
             end_of_shard = position == min((shard + 1) * job.shard_size, scanned["records"]) - 1
             if end_of_shard:
-                vectors = encoder.encode(texts, batch_size=job.batch_size, instruction=job.instruction, normalize=job.normalize)
-                truncated += encoder.last_truncated
+                tokenized = encoder.tokenize(texts, instruction=job.instruction)
+                if not job.truncate:
+                    for offset, item in enumerate(tokenized):
+                        if item.truncated:
+                            raise L2VError(f"record {shard * job.shard_size + offset} (id {ids[offset]!r}) is longer than "
+                                           f"{encoder.config.max_length} tokens (drop --no-truncate to cut it)")
+                truncated += sum(item.truncated for item in tokenized)
+                vectors = encoder.embed_tokenized(tokenized, batch_size=job.batch_size, normalize=job.normalize).numpy()
+                stored = vectors.astype(job.dtype)
+                if not np.isfinite(stored).all():
+                    raise L2VError(f"shard {shard}: embeddings overflow {job.dtype} (unnormalised values too large); "
+                                   "use --dtype float32 or --normalize")
                 id_array = np.asarray(ids, dtype=np.int64) if record["id_kind"] == "int" else np.asarray([str(i) for i in ids])
-                _write_shard(output / _shard_name(shard), vectors.astype(job.dtype), id_array)
+                _write_shard(output / _shard_name(shard), stored, id_array)
                 ids, texts = [], []
                 progress.update(1)
                 _maybe_die_for_test(shard)
@@ -302,6 +368,11 @@ def search(folder: str | Path, queries: list[str], top_k: int = 10, instruction:
 
     if top_k < 1:
         raise L2VError(f"--top-k must be at least 1, got {top_k}")
+    if not queries:
+        raise L2VError("give at least one query")
+    for index, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            raise L2VError(f"query {index} is empty")
     manifest = load_manifest(folder)
     if encoder is None:
         config = manifest["encoder_config"]
