@@ -44,5 +44,5 @@ def test_shipped_encoder_loads_offline_and_beats_the_untrained_model(name, stsb_
     assert encoder.info()["bidirectional_verified"] is True
     trained = spearman(encoder, stsb_pairs)
     untrained = spearman(Encoder.from_pretrained("smollm2-135m"), stsb_pairs)
-    assert trained > untrained + 0.3, (trained, untrained)
+    assert trained > untrained + 0.2, (trained, untrained)
     assert json.loads((folder / "provenance.json").read_text())["recipe"] == TRAINED_ENCODERS[name].recipe
