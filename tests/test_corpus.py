@@ -133,7 +133,8 @@ def test_two_ranks_under_torchrun_equal_one_process(tiny_llama_folder, tmp_path)
     manifest = load_manifest(tmp_path / "ranks")
     assert manifest["complete"] and manifest["shards"] == 8
     got, want = read_all(tmp_path / "ranks"), read_all(tmp_path / "single")
-    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # torchrun gives each rank one CPU thread, so float sums may round differently from the single process
+    assert np.array_equal(got[1], want[1]) and np.abs(got[0] - want[0]).max() < 1e-5
 
 
 def test_ranks_take_their_share(tiny_llama_folder, tmp_path):
