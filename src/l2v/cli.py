@@ -477,6 +477,18 @@ def _int_list(value: str, option: str) -> list[int]:
         raise L2VError(f"{option} must be comma-separated integers, got {value!r}") from None
 
 
+def _roar_measures(measures: str, ig_variant: str) -> list[str]:
+    from .roar.importance import MEASURES
+
+    chosen = [m.strip() for m in measures.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MEASURES]
+    if unknown or not chosen:
+        raise L2VError(f"unknown measure {(unknown or [measures])[0]!r}; choose from: {', '.join(MEASURES)}")
+    if ig_variant not in ("official", "textbook"):
+        raise L2VError(f"--ig-variant must be official or textbook, got {ig_variant!r}")
+    return chosen
+
+
 @roar_app.command("run")
 def roar_run(
     dataset: str = typer.Option(..., "--dataset", help="sst, babi-1, babi-2 or babi-3"),
@@ -496,16 +508,10 @@ def roar_run(
 
     def action():
         from .roar.data import load
-        from .roar.importance import MEASURES
         from .roar.runner import run
         from .roar.training import TrainSettings
 
-        chosen = [m.strip() for m in measures.split(",") if m.strip()]
-        unknown = [m for m in chosen if m not in MEASURES]
-        if unknown:
-            raise L2VError(f"unknown measure {unknown[0]!r}; choose from: {', '.join(MEASURES)}")
-        if ig_variant not in ("official", "textbook"):
-            raise L2VError(f"--ig-variant must be official or textbook, got {ig_variant!r}")
+        chosen = _roar_measures(measures, ig_variant)
         loaded = load(dataset, data)
         if limit_train or limit_eval:
             loaded = loaded.limit(limit_train, limit_eval)
@@ -541,15 +547,9 @@ def roar_encoder(
     def action():
         from .encoder import Encoder
         from .roar.encoder_classifier import EncoderBackend, sst_for_encoder
-        from .roar.importance import MEASURES
         from .roar.runner import run
 
-        chosen = [m.strip() for m in measures.split(",") if m.strip()]
-        unknown = [m for m in chosen if m not in MEASURES]
-        if unknown:
-            raise L2VError(f"unknown measure {unknown[0]!r}; choose from: {', '.join(MEASURES)}")
-        if ig_variant not in ("official", "textbook"):
-            raise L2VError(f"--ig-variant must be official or textbook, got {ig_variant!r}")
+        chosen = _roar_measures(measures, ig_variant)
         # eager attention only when the attention measure needs the weights (SDPA is faster for the rest)
         encoder = Encoder.from_pretrained(model, max_length=max_length,
                                           attn_implementation="eager" if "attention" in chosen else None)
