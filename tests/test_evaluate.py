@@ -219,3 +219,19 @@ def test_cache_is_written_in_chunks(tiny_llama_folder, tmp_path):
     model.cache.put_many = lambda *args: (writes.append(len(args[2])), original(*args))
     model.encode(["the cat", "paris", "the dog sleeps", "a man is playing a guitar", "paris"])
     assert writes == [2, 2]  # 4 distinct texts, stored two at a time (an interrupted task keeps them)
+
+
+def test_task_signature_follows_contents_not_modification_times(tmp_path):
+    import os
+
+    from l2v.evaluate.tasks import Task
+
+    data = tmp_path / "pairs.tsv"
+    data.write_text("sentence1\tsentence2\tscore\na\tb\t1.0\n")
+    task = Task(name="mine", family="sts", split="test", files=[data], run=lambda *a: {})
+    first = task.signature()
+    os.utime(data, (1_000_000, 1_000_000))  # re-mounted or copied: new times, same bytes
+    assert task.signature() == first
+    data.write_text("sentence1\tsentence2\tscore\na\tb\t2.0\n")
+    assert task.signature() != first
+    assert Task(name="mine", family="sts", split="test", files=[data], run=lambda *a: {}, options={"k": 1}).signature() != task.signature()

@@ -33,6 +33,31 @@ INSTRUCTIONS = {
 }
 
 
+_HASHES: dict[tuple, str] = {}
+
+
+def _content_hash(path: Path) -> str | None:
+    """sha256 of a file (or of a folder's files), memoised per (path, size, mtime) within a process."""
+    import hashlib
+
+    if not path.exists():
+        return None
+    members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for member in members:
+        stat = member.stat()
+        key = (str(member), stat.st_size, stat.st_mtime_ns)
+        if key not in _HASHES:
+            file_digest = hashlib.sha256()
+            with open(member, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    file_digest.update(chunk)
+            _HASHES[key] = file_digest.hexdigest()
+        digest.update(str(member.relative_to(path) if path.is_dir() else member.name).encode())
+        digest.update(_HASHES[key].encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class Task:
     name: str
@@ -45,16 +70,16 @@ class Task:
     options: dict = field(default_factory=dict)
 
     def signature(self) -> str:
-        """Files (absolute path, size, modification time) and protocol options: a finished result is reused
-        only when all of them are unchanged."""
+        """Files (absolute path and content hash) and protocol options: a finished result is reused only when all
+        of them are unchanged. Contents, not modification times: a data folder copied or re-mounted with new
+        times still matches."""
         import hashlib
         import json
 
         files = []
         for path in self.files:
             path = Path(path).resolve()
-            stat = path.stat() if path.exists() else None
-            files.append([str(path), stat.st_size if stat else None, int(stat.st_mtime) if stat else None])
+            files.append([str(path), _content_hash(path)])
         return hashlib.sha256(json.dumps([files, self.options], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def instruction(self, enabled: bool) -> str:
