@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,6 +7,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import save_tiny_causal_lm  # noqa: E402
+
+
+SHARED_DATA = Path(os.environ.get("L2V_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def require_shared_data(relative: str) -> Path:
+    """``SHARED_DATA / relative``; skipped where the shared data is absent, a failure under CI=true."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {path} (set L2V_DATA)")
+        pytest.skip(f"shared data not found at {path} (set L2V_DATA)")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,21 @@
 """Evaluation on the real shared data sets (../shared/data, or $L2V_DATA). CI has them; on a machine without
 them these tests are skipped, except under CI=true, where a missing data folder is a failure."""
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, require_shared_data
 
 from l2v.evaluate import EvalModel
 from l2v.evaluate.data import read_beir, read_conll_jsonl, read_sts
 from l2v.evaluate.sts import evaluate_sts
 
-DATA = Path(os.environ.get("L2V_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")
 def data() -> Path:
-    if not (DATA / "sts" / "stsb_test.tsv").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"shared data not found at {DATA} (set L2V_DATA)")
-        pytest.skip(f"shared data not found at {DATA} (set L2V_DATA)")
-    return DATA
+    require_shared_data("sts/stsb_test.tsv")
+    return SHARED_DATA
 
 
 def test_loaders_give_the_documented_sizes(data):

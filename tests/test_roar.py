@@ -1,11 +1,11 @@
 """Recursive ROAR: RACU, masking, importance measures, the paper's data sizes, the synthetic check, a micro run."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, require_shared_data
 import torch
 from typer.testing import CliRunner
 
@@ -16,16 +16,12 @@ from l2v.roar.masking import grow_mask, masked_count
 from l2v.roar.models import AttentionClassifier, PairedAttentionClassifier
 from l2v.roar.racu import mean_with_ci, racu
 
-DATA = Path(os.environ.get("L2V_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "roar"
 
 
 @pytest.fixture(scope="module")
 def roar_data() -> Path:
-    if not (DATA / "sst_trees" / "train.txt").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"shared data not found at {DATA} (set L2V_DATA)")
-        pytest.skip(f"shared data not found at {DATA} (set L2V_DATA)")
-    return DATA
+    require_shared_data("roar/sst_trees/train.txt")
+    return SHARED_DATA / "roar"
 
 
 def test_racu_worked_example_and_edges():

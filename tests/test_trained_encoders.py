@@ -1,27 +1,21 @@
 """The trained built-in encoders shipped with l2v (slow: loads SmolLM2 + the shipped LoRA adapters)."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_shared_data
 from scipy.stats import spearmanr
 
 from l2v import Encoder
 from l2v.registry import TRAINED_ENCODERS, trained_encoder_folder
 
 pytestmark = pytest.mark.slow
-DATA = Path(os.environ.get("L2V_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")
 def stsb_pairs():
-    path = DATA / "sts" / "stsb_test.tsv"
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"shared data not found at {DATA} (set L2V_DATA)")
-        pytest.skip(f"shared data not found at {DATA} (set L2V_DATA)")
+    path = require_shared_data("sts/stsb_test.tsv")
     rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:301]]
     return [r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows])
 
