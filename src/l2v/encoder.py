@@ -61,6 +61,18 @@ class EncoderConfig:
         return cls(**data)
 
 
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer wraps a text in (e.g. BOS before, EOS or SEP after), found by tokenising a
+    probe text with and without them. Used wherever l2v lays out token ids itself."""
+    probe = "l2v probe text"
+    with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start : start + len(plain)] == plain:
+            return list(with_special[:start]), list(with_special[start + len(plain) :])
+    return [], []
+
+
 @dataclass
 class Tokenized:
     """One text as token ids plus which of them are pooled (text tokens, not instruction or special tokens)."""
@@ -194,16 +206,9 @@ class Encoder(torch.nn.Module):
 
     # ------------------------------------------------------------------ tokenising
     def _special_tokens(self) -> tuple[list[int], list[int]]:
-        """The special tokens the tokenizer wraps a text in (e.g. BOS), found by tokenising a probe both ways."""
+        """The tokenizer's special tokens around a text, plus BOS/EOS where the pooling reads that token."""
         tokenizer = self.tokenizer
-        probe = "l2v probe text"
-        with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
-        plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
-        prefix, suffix = [], []
-        for start in range(len(with_special) - len(plain) + 1):
-            if with_special[start : start + len(plain)] == plain:
-                prefix, suffix = with_special[:start], with_special[start + len(plain) :]
-                break
+        prefix, suffix = special_tokens(tokenizer)
         if self.config.pooling == "bos_token":
             if tokenizer.bos_token_id is None:
                 raise L2VError("pooling 'bos_token' needs a tokenizer with a BOS token; this one has none")
@@ -215,6 +220,20 @@ class Encoder(torch.nn.Module):
             if not suffix or suffix[-1] != tokenizer.eos_token_id:
                 suffix = suffix + [tokenizer.eos_token_id]
         return prefix, suffix
+
+    @property
+    def text_budget(self) -> int:
+        """How many text tokens fit in ``max_length`` beside the special tokens (no instruction)."""
+        return self.config.max_length - len(self._prefix) - len(self._suffix)
+
+    def from_ids(self, text_ids: Sequence[int], instruction_ids: Sequence[int] = ()) -> Tokenized:
+        """Wrap already-tokenised text (and instruction) ids in the special tokens; only the text is pooled.
+        The one place that lays out an input: ``tokenize`` and the ROAR classifier both build on it.
+        An empty text becomes one placeholder token (EOS, else pad), so there is always something to pool."""
+        text_ids = list(text_ids) or [self._placeholder_id]
+        input_ids = self._prefix + list(instruction_ids) + text_ids + self._suffix
+        pool = [0] * (len(self._prefix) + len(instruction_ids)) + [1] * len(text_ids) + [0] * len(self._suffix)
+        return Tokenized(input_ids, pool)
 
     def _instruction_ids(self, instruction: str) -> list[int]:
         if instruction not in self._instruction_cache:
@@ -230,7 +249,7 @@ class Encoder(torch.nn.Module):
         pairs = _normalise_items(items, instruction)
         texts = [text for _, text in pairs]
         text_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        budget = self.config.max_length - len(self._prefix) - len(self._suffix)
+        budget = self.text_budget
         result, truncated = [], 0
         for index, ((instr, _), ids) in enumerate(zip(pairs, text_ids)):
             instr_ids = self._instruction_ids(instr) if instr else []
@@ -242,13 +261,9 @@ class Encoder(torch.nn.Module):
                 )
             cut = len(ids) > room
             truncated += cut
-            ids = ids[:room]
-            if not ids:
-                # An empty text has no tokens to pool: it is encoded as one placeholder token (EOS, else pad).
-                ids = [self._placeholder_id]
-            input_ids = self._prefix + instr_ids + ids + self._suffix
-            pool = [0] * (len(self._prefix) + len(instr_ids)) + [1] * len(ids) + [0] * len(self._suffix)
-            result.append(Tokenized(input_ids, pool, cut))
+            item = self.from_ids(ids[:room], instr_ids)
+            item.truncated = cut
+            result.append(item)
         self.last_truncated = truncated
         return result
 

@@ -138,12 +138,10 @@ class EvalModel:
 
     def _compute_word_features(self, sentences, layer, subword, read_previous, batch_size) -> list[np.ndarray]:
         from ..bidirectional import model_inputs
+        from ..encoder import special_tokens
 
         model, tokenizer = self._backbone_and_tokenizer()
-        specials = tokenizer("x", add_special_tokens=True)["input_ids"]
-        plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-        prefix = specials[: specials.index(plain[0])] if plain and plain[0] in specials else []
-        suffix = specials[len(prefix) + len(plain):]
+        prefix, suffix = special_tokens(tokenizer)
         flat = [(" " + w) if j else w for s in sentences for j, w in enumerate(s)]
         flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
         max_length = getattr(tokenizer, "model_max_length", 512)

@@ -31,25 +31,17 @@ class EncoderClassifier(torch.nn.Module):
         self.embedding = encoder.model.get_input_embeddings()
         self.want_attention = False
 
-    def _wrap(self, tokens: torch.Tensor, mask: torch.Tensor):
-        """Add the tokenizer's special tokens around each (right-padded) row of text tokens."""
-        prefix, suffix = self.encoder._prefix, self.encoder._suffix
-        rows, lengths = [], mask.sum(1).tolist()
-        for row, length in zip(tokens.tolist(), lengths):
-            rows.append(prefix + row[:length] + suffix)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.encoder.tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        text = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, (row, length) in enumerate(zip(rows, lengths)):
-            ids[i, : len(row)] = torch.tensor(row)
-            attention[i, : len(row)] = 1
-            text[i, len(prefix): len(prefix) + length] = True
-        return ids.to(tokens.device), attention.to(tokens.device), text.to(tokens.device)
+    def _wrap(self, mask: torch.Tensor):
+        """The layout of each (right-padded) row of text tokens inside the encoder's special tokens: ids (text
+        positions are overwritten with the given embeddings), attention mask and which positions are text."""
+        lengths = mask.sum(1).tolist()
+        batch = self.encoder.collate([self.encoder.from_ids([0] * n) for n in lengths], padding_side="right")
+        device = mask.device
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pooling_mask"].bool().to(device)
 
     def forward_embedded(self, embedded, mask, questions=None, question_mask=None):
         """``embedded``: (batch, text length, dim) embeddings of the text tokens only."""
-        ids, attention, text = self._wrap(torch.zeros(mask.shape, dtype=torch.long, device=mask.device), mask)
+        ids, attention, text = self._wrap(mask)
         full = self.embedding(ids).detach().clone()
         full[text] = embedded[mask].to(full.dtype)  # the text positions take the (differentiable) given embeddings
         inputs = model_inputs(self.encoder.model, ids, attention)
@@ -80,7 +72,7 @@ def sst_for_encoder(folder, encoder, limit_train: int | None = None, limit_eval:
 
     from .data import load_sst_texts
 
-    budget = encoder.config.max_length - len(encoder._prefix) - len(encoder._suffix)
+    budget = encoder.text_budget
     splits = {}
     for name, (texts, labels) in load_sst_texts(Path(folder)).items():
         count = limit_train if name == "train" else limit_eval
@@ -111,13 +103,7 @@ class EncoderBackend:
                 "head": "logistic regression (lbfgs, deterministic: seeds vary only the random baseline)"}
 
     def _embed(self, split: Split) -> np.ndarray:
-        from ..encoder import Tokenized
-
-        items = []
-        for row in split.tokens:
-            ids = self.encoder._prefix + list(row) + self.encoder._suffix
-            pool = [0] * len(self.encoder._prefix) + [1] * len(row) + [0] * len(self.encoder._suffix)
-            items.append(Tokenized(ids, pool))
+        items = [self.encoder.from_ids(row) for row in split.tokens]
         return self.encoder.embed_tokenized(items, batch_size=32).numpy()
 
     def train(self, data: RoarData, seed: int):
