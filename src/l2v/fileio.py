@@ -84,26 +84,46 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _decode_lines(path: Path) -> list[str]:
+def iter_lines(path: str | os.PathLike, digest=None) -> Iterator[tuple[int, str]]:
+    """Stream ``(line number, text)`` from a UTF-8 file, one line at a time (LF or CRLF; a final newline ends the
+    last line, it does not start a new one). ``digest`` (a hashlib object), when given, sees every byte read.
+    A line that is not UTF-8 is an error naming the file, the line and the byte."""
+    path = Path(path)
     if not path.exists():
         raise InputFileError(f"input file not found: {path}")
     if path.is_dir():
         raise InputFileError(f"input path is a folder, not a file: {path}")
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":  # a final newline ends the last line; it does not start a new one
-        lines.pop()
-    decoded = []
-    for number, line in enumerate(lines, start=1):
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        try:
-            decoded.append(line.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise InputFileError(
-                f"{path}: line {number} is not valid UTF-8 (byte {error.start}: {line[error.start:error.start + 1]!r})"
-            ) from None
-    return decoded
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if digest is not None:
+                digest.update(raw)
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            try:
+                yield number, line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputFileError(
+                    f"{path}: line {number} is not valid UTF-8 (byte {error.start}: {line[error.start:error.start + 1]!r})"
+                ) from None
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Every line of a UTF-8 file (see ``iter_lines``)."""
+    return [line for _, line in iter_lines(path)]
+
+
+def weights_signature(folder: str | os.PathLike) -> list:
+    """(relative path, size, modification time) of the weight and config files under ``folder`` ([] when it is not
+    a folder, e.g. a hub name): results computed with a model are tied to the files they came from."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in {".safetensors", ".json"}
+    )
 
 
 def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
@@ -112,7 +132,7 @@ def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
     suffix = path.suffix.lower()
     if suffix not in {".txt", ".jsonl"}:
         raise InputFileError(f"{path}: unsupported input format {suffix or '(no extension)'!r}; use .txt or .jsonl")
-    lines = _decode_lines(path)
+    lines = read_lines(path)
     if suffix == ".txt":
         return lines
     texts = []

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputFileError
-from ..fileio import _decode_lines
+from ..fileio import read_lines
 
 
 def read_tsv(path: str | Path, columns: list[str]) -> list[list[str]]:
     """The ``columns`` of a headed TSV, in that order (other columns are ignored); errors name the line."""
     path = Path(path)
-    lines = _decode_lines(path)
+    lines = read_lines(path)
     if not lines:
         raise InputFileError(f"{path}: empty file; expected a header line: {chr(9).join(columns)}")
     header = lines[0].split("\t")
@@ -82,7 +82,7 @@ def read_labelled_texts(path: str | Path) -> tuple[list[str], list[str]]:
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     records = []
-    for number, line in enumerate(_decode_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         try:

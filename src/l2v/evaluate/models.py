@@ -13,18 +13,9 @@ import numpy as np
 import torch
 
 from ..encoder import Encoder
+from ..fileio import weights_signature
 from ..registry import resolve
 from .cache import EmbeddingCache
-
-
-def _weights_signature(folder: Path) -> list:
-    if not folder.is_dir():
-        return []
-    return sorted(
-        (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix in {".safetensors", ".json"}
-    )
 
 
 def _hub_revision(model_id) -> str | None:
@@ -59,7 +50,7 @@ class EvalModel:
             from sentence_transformers import SentenceTransformer
 
             backend = SentenceTransformer(str(folder), device="cuda" if torch.cuda.is_available() else "cpu")
-            description = {"kind": "sentence-transformers", "weights": _weights_signature(folder)}
+            description = {"kind": "sentence-transformers", "weights": weights_signature(folder)}
             kind = "sentence-transformers"
         else:
             backend = Encoder.from_pretrained(model, **encoder_kwargs)
@@ -71,9 +62,9 @@ class EvalModel:
                 "kind": "l2v",
                 "config": {k: v for k, v in backend.config.__dict__.items() if k != "l2v_version"},
                 "source": backend.source if resolved.builtin is None else resolved.builtin.gguf_sha256,
-                "weights": _weights_signature(folder) if resolved.builtin is None else [],
-                "base_weights": _weights_signature(base_folder) if base_folder is not None else [],
-                "adapter_weights": [_weights_signature(Path(a)) for a in adapter_list],
+                "weights": weights_signature(folder) if resolved.builtin is None else [],
+                "base_weights": weights_signature(base_folder) if base_folder is not None else [],
+                "adapter_weights": [weights_signature(Path(a)) for a in adapter_list],
                 "hub_revision": _hub_revision(folder) if resolved.builtin is None and not folder.exists() else None,
                 "dtype": str(next(backend.model.parameters()).dtype),
                 "adapters": encoder_kwargs.get("adapters"),

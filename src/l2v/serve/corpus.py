@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputFileError, L2VError
-from ..fileio import atomic_path, write_json_atomic
+from ..fileio import atomic_path, iter_lines, weights_signature, write_json_atomic
 
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 FORMATS = (".txt", ".jsonl", ".parquet")
@@ -74,32 +74,18 @@ class CorpusJob:
 
 
 # ---------------------------------------------------------------------- reading, as a stream
-def _lines(path: Path, digest) -> Iterator[tuple[int, str]]:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if digest is not None:
-                digest.update(raw)
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            try:
-                yield number, line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise InputFileError(f"{path}: line {number} is not valid UTF-8 (byte {error.start})") from None
-
-
 def iter_records(job: CorpusJob, digest=None) -> Iterator[tuple[object, str]]:
     """(id, text) for every record, checked; ids are the 0-based record number unless the input has ids."""
     path = Path(job.input)
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        for number, line in _lines(path, digest):
+        for number, line in iter_lines(path, digest):
             if line == "":
                 raise InputFileError(f"{path}: line {number} is empty (every line is a text to embed)")
             yield number - 1, line
     elif suffix == ".jsonl":
         index = 0
-        for number, line in _lines(path, digest):
+        for number, line in iter_lines(path, digest):
             if not line.strip():
                 raise InputFileError(f"{path}: line {number} is empty; every line must be a JSON object with {job.text_field!r}")
             try:
@@ -223,12 +209,7 @@ def _weights_signature(model: str, encoder) -> str:
     if encoder.config.base_model not in (".", model):
         folders.add(Path(resolve(encoder.config.base_model).location))
     folders |= {Path(f) for f in encoder.merged_adapter_folders}
-    entries = []
-    for folder in sorted(folders):
-        if folder.is_dir():
-            entries += sorted((str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in folder.rglob("*.safetensors"))
-        else:
-            entries.append((str(folder), "hub"))
+    entries = [(str(folder), weights_signature(folder) if folder.is_dir() else "hub") for folder in sorted(folders)]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
