@@ -22,8 +22,26 @@ class _BiLSTM(nn.Module):
         return states, torch.cat([final[0], final[1]], dim=-1)
 
 
+class AdditiveAttention(nn.Module):
+    """alpha = softmax(v . tanh(W h_t [+ U q])) over the unmasked positions; returns (sum_t alpha_t h_t, alpha)."""
+
+    def __init__(self, states_dim: int, hidden: int, query_dim: int | None = None):
+        super().__init__()
+        self.key = nn.Linear(states_dim, hidden)
+        self.query = nn.Linear(query_dim, hidden, bias=False) if query_dim else None
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, states, mask, query=None):
+        hidden = self.key(states)
+        if self.query is not None:
+            hidden = hidden + self.query(query).unsqueeze(1)
+        scores = self.score(torch.tanh(hidden)).squeeze(-1).masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=-1)
+        return (alpha.unsqueeze(-1) * states).sum(1), alpha
+
+
 class AttentionClassifier(nn.Module):
-    """Embedding -> BiLSTM -> additive attention (v . tanh(W h)) -> linear. For single sequences (SST)."""
+    """Embedding -> BiLSTM -> additive attention -> linear. For single sequences (SST)."""
 
     paired = False
 
@@ -31,15 +49,12 @@ class AttentionClassifier(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocabulary_size, embedding_dim, padding_idx=0)
         self.encoder = _BiLSTM(embedding_dim, hidden)
-        self.attention = nn.Linear(2 * hidden, hidden)
-        self.score = nn.Linear(hidden, 1, bias=False)
+        self.attention = AdditiveAttention(2 * hidden, hidden)
         self.output = nn.Linear(2 * hidden, classes)
 
     def forward_embedded(self, embedded, mask, questions=None, question_mask=None):
         states, _ = self.encoder(embedded, mask)
-        scores = self.score(torch.tanh(self.attention(states))).squeeze(-1).masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(scores, dim=-1)
-        context = (alpha.unsqueeze(-1) * states).sum(1)
+        context, alpha = self.attention(states, mask)
         return self.output(context), alpha
 
     def forward(self, tokens, mask, questions=None, question_mask=None):
@@ -56,9 +71,7 @@ class PairedAttentionClassifier(nn.Module):
         self.embedding = nn.Embedding(vocabulary_size, embedding_dim, padding_idx=0)
         self.story = _BiLSTM(embedding_dim, hidden)
         self.question = _BiLSTM(embedding_dim, hidden)
-        self.attention_story = nn.Linear(2 * hidden, hidden)
-        self.attention_question = nn.Linear(2 * hidden, hidden, bias=False)
-        self.score = nn.Linear(hidden, 1, bias=False)
+        self.attention = AdditiveAttention(2 * hidden, hidden, query_dim=2 * hidden)
         self.combine_context = nn.Linear(2 * hidden, hidden)
         self.combine_question = nn.Linear(2 * hidden, hidden, bias=False)
         self.output = nn.Linear(hidden, classes)
@@ -66,10 +79,7 @@ class PairedAttentionClassifier(nn.Module):
     def forward_embedded(self, embedded, mask, questions, question_mask):
         states, _ = self.story(embedded, mask)
         _, question = self.question(self.embedding(questions), question_mask)
-        hidden = torch.tanh(self.attention_story(states) + self.attention_question(question).unsqueeze(1))
-        scores = self.score(hidden).squeeze(-1).masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(scores, dim=-1)
-        context = (alpha.unsqueeze(-1) * states).sum(1)
+        context, alpha = self.attention(states, mask, question)
         return self.output(torch.tanh(self.combine_context(context) + self.combine_question(question))), alpha
 
     def forward(self, tokens, mask, questions, question_mask):
