@@ -76,6 +76,8 @@ def test_mntp_then_simcse_chain_gives_an_encoder(tmp_path, tiny_llama_folder, se
     final = train(simcse, show_progress=False, log=lambda *_: None)
     config = json.loads((final / "l2v_config.json").read_text())
     assert config["merged_adapters"] == ["merged_adapter_0"] and config["adapters"] == "adapter"
+    # trained at max_length 16, saved for encoding at the inference default
+    assert config["max_length"] == 512 and json.loads((mntp_encoder / "l2v_config.json").read_text())["max_length"] == 512
     encoder = Encoder.from_pretrained(str(final))
     vectors = encoder.encode(sentences)
     assert np.isfinite(vectors).all() and np.abs(vectors - after_mntp).max() > 1e-5
@@ -212,8 +214,11 @@ def test_convert_chains_the_recipe_and_reports(tmp_path, tiny_llama_folder, sent
               "evaluate": {"files": [f"sts:{sts}"]}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    recipe["stages"]["simcse"] = {**common, "encoder_max_length": 64}
+    path.write_text(yaml.safe_dump(recipe))
     final = convert(path, show_progress=False, log=lambda *_: None)
     assert np.isfinite(Encoder.from_pretrained(str(final)).encode(sentences)).all()
+    assert Encoder.from_pretrained(str(final)).config.max_length == 64
     records = json.loads((tmp_path / "out" / "eval" / "results.json").read_text())
     assert len(records) == 2 and {r["task"] for r in records} == {"sts:sts.tsv"}
     recipe["stages"]["simcse"]["adapters"] = ["x"]

@@ -53,7 +53,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     adapters: list[str] = field(default_factory=list)  # merged into the model before training (e.g. MNTP's)
     pooling: str = "mean"
-    max_length: int = 128
+    max_length: int = 128  # training truncates texts here
+    encoder_max_length: int = 512  # stored with the saved encoder: what encoding truncates at
     batch_size: int = 32
     steps: int = 1000
     learning_rate: float = 5e-5
@@ -118,7 +119,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     config = _build(TrainConfig, values, "", str(path))
     if config.stage not in STAGES:
         raise L2VError(f"{path}: stage must be one of {', '.join(STAGES)}, got {config.stage!r}")
-    for name in ("batch_size", "steps", "save_every", "max_length", "log_every"):
+    for name in ("batch_size", "steps", "save_every", "max_length", "encoder_max_length", "log_every"):
         if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
             raise L2VError(f"{path}: {name} must be a positive integer, got {getattr(config, name)!r}")
     if not config.data.train and not config.data.hub:

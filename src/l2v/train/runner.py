@@ -224,7 +224,7 @@ def config_signature(config: TrainConfig) -> str:
     import hashlib
 
     values = dataclasses.asdict(config)
-    for key in ("steps", "output", "save_every", "log_every"):
+    for key in ("steps", "output", "save_every", "log_every", "encoder_max_length"):  # none changes a step
         values.pop(key)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -266,8 +266,8 @@ def _load_checkpoint(folder: Path, stage: Stage, optimizer, scheduler) -> int:
 
     state = json.loads((folder / "state.json").read_text())
     if state.get("config_signature") != config_signature(stage.config):
-        raise L2VError(f"{folder} was written with a different config (only steps, output, save_every and log_every may "
-                       "change when resuming); use a new output folder or restore the config")
+        raise L2VError(f"{folder} was written with a different config (only steps, output, save_every, log_every and "
+                       "encoder_max_length may change when resuming); use a new output folder or restore the config")
     trainable = stage.trainable()
     weights = load_file(str(folder / "trainable.safetensors"))
     if set(weights) != set(trainable):
@@ -406,6 +406,8 @@ def train(config: TrainConfig, show_progress: bool = True, log=print) -> Path:
     progress.close()
     final = output / "encoder"
     if rank == 0:
+        # the saved encoder truncates at the inference length, not at the (often short) training length
+        stage.encoder.config.max_length = config.encoder_max_length
         stage.encoder.save(final, overwrite=True)
         if metrics_path.exists():
             loss_curve(metrics_path, output / "loss.png")
