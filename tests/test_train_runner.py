@@ -268,3 +268,22 @@ def test_bad_triples_are_named(tmp_path, lines, message):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(L2VError, match=message):
         load_triples(DataConfig(train=str(path)))
+
+
+@pytest.mark.parametrize("stage", ["mntp", "simcse"])
+def test_gradient_checkpointing_changes_memory_not_the_losses(tmp_path, tiny_llama_folder, stage):
+    """Recomputed activations replay the dropout RNG: SimCSE's two views and MNTP's losses are those of the
+    plain run (and the switch may change when resuming: it is not part of the config signature)."""
+    plain = train(load_config(write_config(tmp_path / "a", tiny_llama_folder, stage, steps=3)), show_progress=False,
+                  log=lambda *_: None)
+    checkpointed = train(load_config(write_config(tmp_path / "b", tiny_llama_folder, stage, steps=3, gradient_checkpointing=True)),
+                         show_progress=False, log=lambda *_: None)
+    assert losses(checkpointed.parent) == pytest.approx(losses(plain.parent), rel=1e-6, abs=1e-7)
+    assert len(losses(plain.parent)) == 3
+    # and it was on: the decoder layers are marked for recomputation
+    from l2v.train.runner import _apply_lora
+
+    config = load_config(write_config(tmp_path / "c", tiny_llama_folder, stage, gradient_checkpointing=True))
+    model = _apply_lora(Encoder.from_pretrained(str(tiny_llama_folder)).model, config)
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert layers, "no layer has gradient checkpointing enabled"

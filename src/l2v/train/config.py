@@ -65,6 +65,7 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 1
     dtype: str = "float32"
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, same result
     lora: LoraConfig = field(default_factory=LoraConfig)
     mntp: MntpOptions = field(default_factory=MntpOptions)
     contrastive: ContrastiveOptions = field(default_factory=ContrastiveOptions)

@@ -85,6 +85,17 @@ def _apply_lora(model, config: TrainConfig):
     if not targets:
         raise L2VError(f"none of lora.target_modules {config.lora.target_modules} exist in this model")
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout, target_modules=targets)
+    if config.gradient_checkpointing:
+        # Activations of each decoder layer are recomputed in backward instead of kept: memory for time. The
+        # non-reentrant form needs no input gradients (frozen embeddings under LoRA) and replays the RNG, so
+        # dropout (SimCSE's only augmentation) draws the same masks: the loss and gradients are unchanged.
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise L2VError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return get_peft_model(model, lora)
 
 
@@ -224,7 +235,7 @@ def config_signature(config: TrainConfig) -> str:
     import hashlib
 
     values = dataclasses.asdict(config)
-    for key in ("steps", "output", "save_every", "log_every", "encoder_max_length"):  # none changes a step
+    for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing"):  # none changes a step
         values.pop(key)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -266,8 +277,8 @@ def _load_checkpoint(folder: Path, stage: Stage, optimizer, scheduler) -> int:
 
     state = json.loads((folder / "state.json").read_text())
     if state.get("config_signature") != config_signature(stage.config):
-        raise L2VError(f"{folder} was written with a different config (only steps, output, save_every, log_every and "
-                       "encoder_max_length may change when resuming); use a new output folder or restore the config")
+        raise L2VError(f"{folder} was written with a different config (only steps, output, save_every, log_every, "
+                       "encoder_max_length and gradient_checkpointing may change when resuming); use a new output folder or restore the config")
     trainable = stage.trainable()
     weights = load_file(str(folder / "trainable.safetensors"))
     if set(weights) != set(trainable):
