@@ -220,6 +220,32 @@ def test_slow_request_gets_504_and_failure_gets_500(tiny_encoder):
         assert httpx.get(f"{url}/health").status_code == 200
 
 
+def test_a_request_whose_client_hangs_up_never_reaches_the_model(tiny_encoder):
+    """While the model is busy, a client sends a request and closes the connection: its texts are dropped from
+    the queue (the model encodes only the first request's), the disconnect is counted, the server keeps serving."""
+    import json as _json
+
+    settings = ServerSettings(model_name="tiny", batching=False)
+    with running_server(tiny_encoder, settings, slow_seconds=1.0) as (url, batcher):
+        port = int(url.rsplit(":", 1)[1])
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
+            time.sleep(0.3)  # the first request is in the model now
+            body = _json.dumps({"input": TEXTS, "model": "tiny"}).encode()
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                time.sleep(0.3)  # queued behind the first
+            assert busy.result().status_code == 200
+        deadline = time.time() + 10
+        time.sleep(0.1)
+        while (batcher.queued_texts or batcher._in_flight) and time.time() < deadline:  # any batch still running ends
+            time.sleep(0.05)
+        assert batcher.stats.texts == 1 and batcher.stats.requests == 1  # the hung-up request's 4 texts never ran
+        assert "l2v_client_disconnects_total 1.0" in httpx.get(f"{url}/metrics").text
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30).status_code == 200
+
+
 def test_api_key_is_required_on_every_route(tiny_encoder):
     from openai import AuthenticationError, OpenAI
 

@@ -7,7 +7,8 @@ OpenAI, ``usage`` included. ``GET /health``, ``GET /v1/models`` and (optionally)
 Every bad request is an OpenAI-style error object with a clear message naming the item: 400 invalid JSON,
 401 missing or wrong bearer key, 404 unknown model, 413 too many texts / a text too long / a body too
 large, 422 a wrong type, an empty text, an unknown encoding format, 503 (with Retry-After) when the queue is
-full, 504 when a request outlives ``request_timeout``. The model runs behind :class:`MicroBatcher`.
+full, 504 when a request outlives ``request_timeout``. A request whose client hangs up while it waits is
+taken out of the queue before it reaches the model (logged as 499). The model runs behind :class:`MicroBatcher`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class _Metrics:
         self.requests = Counter("l2v_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry)
         self.texts = Counter("l2v_texts", "texts embedded", registry=self.registry)
         self.tokens = Counter("l2v_tokens", "tokens embedded (usage.prompt_tokens)", registry=self.registry)
+        self.disconnects = Counter("l2v_client_disconnects", "requests dropped because the client went away", registry=self.registry)
         self.latency = Histogram("l2v_request_seconds", "embedding request latency", registry=self.registry,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.batches = Gauge("l2v_batches", "forward batches run by the micro-batcher", registry=self.registry)
@@ -133,6 +135,14 @@ def _parse_request(raw: bytes, settings: ServerSettings, hidden_size: int) -> di
         raise RequestError(413, f"instruction has {len(instruction)} characters; the limit is {settings.max_chars_per_text}",
                            param="instruction", code="text_too_long")
     return {"texts": texts, "encoding_format": encoding_format, "dimensions": dimensions, "instruction": instruction or None}
+
+
+async def _client_disconnected(request: Request) -> None:
+    """Returns when the client goes away. The body has been read, so the next ASGI message is the disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def create_app(encoder: Encoder, settings: ServerSettings):
@@ -235,11 +245,23 @@ def create_app(encoder: Encoder, settings: ServerSettings):
                                    headers={"Retry-After": "1"}) from None
             except RuntimeError as error:
                 raise RequestError(503, f"the model worker is not running ({error})", code="unavailable") from None
+            gone = asyncio.ensure_future(_client_disconnected(request))
             try:
-                vectors = await asyncio.wait_for(future, timeout=settings.request_timeout)
-            except asyncio.TimeoutError:
-                future.cancel()  # dropped before it reaches the model, if it has not yet
-                raise RequestError(504, f"the request took longer than {settings.request_timeout:g} s", code="timeout") from None
+                done, _ = await asyncio.wait({future, gone}, timeout=settings.request_timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            try:
+                if future not in done:
+                    future.cancel()  # dropped before it reaches the model, if it has not yet
+                    if gone in done:  # nobody is listening: free the queue, answer 499 for the logs
+                        if metrics is not None:
+                            metrics.disconnects.inc()
+                        raise RequestError(499, "the client closed the connection", code="client_closed")
+                    raise RequestError(504, f"the request took longer than {settings.request_timeout:g} s", code="timeout")
+                vectors = future.result()
+            except RequestError:
+                raise
             except QueueFull as error:
                 raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None
             except Exception as error:  # noqa: BLE001 - a model failure is this request's 500, not a crash
