@@ -113,6 +113,25 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return [line for _, line in iter_lines(path)]
 
 
+def iter_json_records(path: str | os.PathLike, digest=None, skip_blank: bool = False,
+                      expect: str = "a JSON object") -> Iterator[tuple[int, dict]]:
+    """Stream ``(line number, object)`` from a JSONL file. A blank line is skipped (``skip_blank``) or an error;
+    a line that is not JSON, or not an object, is an error naming the file and line (``expect`` says what a line
+    should hold, e.g. "a JSON object with 'text'")."""
+    for number, line in iter_lines(path, digest):
+        if not line.strip():
+            if skip_blank:
+                continue
+            raise InputFileError(f"{path}: line {number} is empty; every line must be {expect}")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputFileError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise InputFileError(f"{path}: line {number} must be {expect}, got {type(record).__name__}")
+        yield number, record
+
+
 def weights_signature(folder: str | os.PathLike) -> list:
     """(relative path, size, modification time) of the weight and config files under ``folder`` ([] when it is not
     a folder, e.g. a hub name): results computed with a model are tied to the files they came from."""
@@ -132,18 +151,11 @@ def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
     suffix = path.suffix.lower()
     if suffix not in {".txt", ".jsonl"}:
         raise InputFileError(f"{path}: unsupported input format {suffix or '(no extension)'!r}; use .txt or .jsonl")
-    lines = read_lines(path)
     if suffix == ".txt":
-        return lines
+        return read_lines(path)
     texts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise InputFileError(f"{path}: line {number} is empty; every JSONL line must be an object with {field!r}")
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputFileError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(record, dict) or field not in record:
+    for number, record in iter_json_records(path, expect=f"a JSON object with {field!r}"):
+        if field not in record:
             raise InputFileError(f"{path}: line {number} has no {field!r} field")
         if not isinstance(record[field], str):
             raise InputFileError(

@@ -11,12 +11,11 @@ Formats (UTF-8, first line a header, one TAB between fields, no quoting):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputFileError
-from ..fileio import read_lines
+from ..fileio import iter_json_records, read_lines
 
 
 def read_tsv(path: str | Path, columns: list[str]) -> list[list[str]]:
@@ -82,15 +81,7 @@ def read_labelled_texts(path: str | Path) -> tuple[list[str], list[str]]:
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     records = []
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputFileError(f"{path}: line {number} is not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise InputFileError(f"{path}: line {number} is not a JSON object")
+    for number, record in iter_json_records(path, skip_blank=True):
         missing = [key for key in required if key not in record]
         if missing:
             raise InputFileError(f"{path}: line {number} has no {missing[0]!r} field")

@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputFileError, L2VError
-from ..fileio import atomic_path, iter_lines, weights_signature, write_json_atomic
+from ..fileio import atomic_path, iter_json_records, iter_lines, weights_signature, write_json_atomic
 
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 FORMATS = (".txt", ".jsonl", ".parquet")
@@ -85,15 +85,7 @@ def iter_records(job: CorpusJob, digest=None) -> Iterator[tuple[object, str]]:
             yield number - 1, line
     elif suffix == ".jsonl":
         index = 0
-        for number, line in iter_lines(path, digest):
-            if not line.strip():
-                raise InputFileError(f"{path}: line {number} is empty; every line must be a JSON object with {job.text_field!r}")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputFileError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise InputFileError(f"{path}: line {number} must be a JSON object, got {type(record).__name__}")
+        for number, record in iter_json_records(path, digest, expect=f"a JSON object with {job.text_field!r}"):
             yield _checked(record.get(job.id_field, _NO_ID(index)), record, job, f"{path}: line {number}")
             index += 1
     else:
