@@ -169,6 +169,10 @@ def test_eval_cli_with_user_files_and_compare(tiny_llama_folder, tmp_path):
     assert "sts:sts.tsv" in (out / "results.md").read_text()
     rerun = CliRunner().invoke(app, ["eval", "-m", str(tiny_llama_folder), "--file", f"sts:{sts}", "--output", str(out)])
     assert rerun.exit_code == 0 and "from" in rerun.output  # the finished (model, task) is reused
+    # the narrower rerun keeps the other results in results.json; its table shows only what it was asked for
+    after = json.loads((out / "results.json").read_text())
+    assert sorted((r["model"], r["task"]) for r in after) == sorted((r["model"], r["task"]) for r in records)
+    assert "pair_classification" not in (out / "results.md").read_text() and "@causal" not in (out / "results.md").read_text()
 
 
 def test_eval_cli_errors_are_one_line(tiny_llama_folder, tmp_path):
@@ -235,3 +239,11 @@ def test_task_signature_follows_contents_not_modification_times(tmp_path):
     data.write_text("sentence1\tsentence2\tscore\na\tb\t2.0\n")
     assert task.signature() != first
     assert Task(name="mine", family="sts", split="test", files=[data], run=lambda *a: {}, options={"k": 1}).signature() != task.signature()
+
+
+def test_l2v_options_on_a_sentence_transformers_model_are_refused():
+    from l2v.errors import L2VError
+    from l2v.evaluate.models import EvalModel
+
+    with pytest.raises(L2VError, match="'minilm-l6' is a sentence-transformers model: l2v options \\(bidirectional\\)"):
+        EvalModel.load("minilm-l6", bidirectional=False)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..encoder import Encoder
+from ..errors import L2VError
 from ..fileio import weights_signature
 from ..registry import resolve
 from .cache import EmbeddingCache
@@ -48,6 +49,10 @@ class EvalModel:
         cache = EmbeddingCache(cache_dir) if cache_dir else None
         if resolved.kind == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
+
+            options = sorted(k for k, v in encoder_kwargs.items() if v is not None and k in ("bidirectional", "pooling", "max_length"))
+            if options:
+                raise L2VError(f"model {model!r} is a sentence-transformers model: l2v options ({', '.join(options)}) do not apply to it")
 
             backend = SentenceTransformer(str(folder), device="cuda" if torch.cuda.is_available() else "cpu")
             description = {"kind": "sentence-transformers", "weights": weights_signature(folder)}

@@ -55,11 +55,13 @@ def chart(records: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(records: list[dict], output: Path) -> dict[str, Path]:
+def write_report(records: list[dict], output: Path, kept: list[dict] = ()) -> dict[str, Path]:
+    """``results.json`` gets ``records`` plus ``kept`` (earlier results this run does not redo, so nothing computed
+    is lost); the markdown table and the chart show ``records``, this run's selection."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     paths = {"json": output / "results.json", "markdown": output / "results.md", "chart": output / "results.png"}
-    write_json_atomic(records, paths["json"])
+    write_json_atomic([*records, *kept], paths["json"])
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(markdown_table(records), encoding="utf-8")
     chart(records, paths["chart"])

@@ -70,6 +70,13 @@ def run_evaluation(models: list[str], tasks: list[Task], output: Path, cache_dir
             }
             records.append(record)
             log(f"{spec:28s} {task.name:18s} {metric} {record['value']:.2f} ({seconds:.0f} s)")
-            write_report(records, output)
-    write_report(records, output)
+            write_report(records, output, _kept(previous, records))
+    write_report(records, output, _kept(previous, records))
     return records
+
+
+def _kept(previous: list[dict], records: list[dict]) -> list[dict]:
+    """Earlier results for (model, task) pairs this run has not (yet) redone: other models or tasks than this
+    command's, and, while a run is under way or after it was interrupted, the pairs it has not reached."""
+    done = {(r["model"], r["task"]) for r in records}
+    return [r for r in previous if (r.get("model"), r.get("task")) not in done]
