@@ -287,3 +287,22 @@ def test_gradient_checkpointing_changes_memory_not_the_losses(tmp_path, tiny_lla
     model = _apply_lora(Encoder.from_pretrained(str(tiny_llama_folder)).model, config)
     layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
     assert layers, "no layer has gradient checkpointing enabled"
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("llama", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ("phi3", {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),  # fused projections, other names
+])
+def test_default_lora_covers_every_attention_and_mlp_projection(tmp_path, family, expected):
+    from tiny_models import tiny_backbone
+
+    from l2v.train.runner import _apply_lora
+
+    config = load_config(write_config(tmp_path, tmp_path, "simcse"))
+    model = _apply_lora(tiny_backbone(family), config)
+    assert set(model.peft_config["default"].target_modules) == expected
+    wrapped = {name.split(".lora_A")[0].split(".")[-1] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert wrapped == expected
+    config.lora.target_modules = ["nonexistent"]
+    with pytest.raises(L2VError, match=r"none of lora.target_modules .* \(its linear layers: "):
+        _apply_lora(tiny_backbone(family), config)

@@ -19,7 +19,9 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # None: every linear projection of the decoder layers (attention and MLP) whatever the family calls them
+    # (Llama q/k/v/o/gate/up/down_proj, Phi-3 qkv_proj/gate_up_proj, ...); or a list of module names
+    target_modules: list[str] | None = None
 
 
 @dataclass

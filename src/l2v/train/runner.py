@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -28,6 +29,8 @@ from ..errors import L2VError
 from ..fileio import atomic_dir, atomic_path, write_json_atomic
 from .config import TrainConfig
 from .data import load_texts, load_triples
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 
@@ -80,10 +83,18 @@ class BatchPlan:
 def _apply_lora(model, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
-    present = {name.split(".")[-1] for name, _ in model.named_modules()}
-    targets = [t for t in config.lora.target_modules if t in present]
-    if not targets:
-        raise L2VError(f"none of lora.target_modules {config.lora.target_modules} exist in this model")
+    linear = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    if config.lora.target_modules is None:  # the backbone has no LM head: its linear layers are the projections
+        targets = sorted(linear)
+    else:
+        present = {name.split(".")[-1] for name, _ in model.named_modules()}
+        targets = [t for t in config.lora.target_modules if t in present]
+        missing = [t for t in config.lora.target_modules if t not in present]
+        if not targets:
+            raise L2VError(f"none of lora.target_modules {config.lora.target_modules} exist in this model "
+                           f"(its linear layers: {', '.join(sorted(linear))})")
+        if missing:
+            logger.warning("lora.target_modules %s do not exist in this model; LoRA goes on %s", missing, targets)
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout, target_modules=targets)
     if config.gradient_checkpointing:
         # Activations of each decoder layer are recomputed in backward instead of kept: memory for time. The
