@@ -119,6 +119,7 @@ def test_info_reports_the_model(tiny_llama_folder):
 def test_models_lists_builtins():
     result = run("models")
     assert result.exit_code == 0 and "smollm2-135m" in result.output and "gemma3-270m" in result.output
+    assert "smollm2-135m-l2v-sup" in result.output and "minilm-l6" in result.output
 
 
 def test_the_installed_command_prints_no_traceback(tmp_path):

@@ -155,6 +155,9 @@ def test_a_different_job_in_the_same_folder_is_refused(tiny_llama_folder, tmp_pa
     assert run("embed-corpus", "-m", tiny_llama_folder, "-i", source, "-o", out, "--shard-size", 5, "--no-progress").exit_code == 0
     other = run("embed-corpus", "-m", tiny_llama_folder, "-i", source, "-o", out, "--shard-size", 4, "--no-progress")
     assert other.exit_code == 2 and "different job (shard_size: 5 there, 4 now)" in other.output
+    other = run("embed-corpus", "-m", tiny_llama_folder, "-i", source, "-o", out, "--shard-size", 5, "--compute-dtype",
+                "bfloat16", "--no-progress")  # bf16 shards would mix with float32 ones
+    assert other.exit_code == 2 and "compute_dtype: 'float32' there, 'bfloat16' now" in other.output
     write_jsonl(source, TEXTS[:-1])
     changed = run("embed-corpus", "-m", tiny_llama_folder, "-i", source, "-o", out, "--shard-size", 5, "--no-progress")
     assert changed.exit_code == 2 and "different job" in changed.output

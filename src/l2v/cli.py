@@ -128,7 +128,7 @@ def models():
     """List the built-in models and whether their weights are installed."""
     import importlib.util
 
-    from .registry import BUILTIN_MODELS, TRAINED_ENCODERS, trained_encoder_folder
+    from .registry import BASELINE_MODELS, BUILTIN_MODELS, TRAINED_ENCODERS, trained_encoder_folder
 
     for spec in BUILTIN_MODELS.values():
         installed = importlib.util.find_spec(spec.package) is not None
@@ -138,6 +138,10 @@ def models():
         shipped = (trained_encoder_folder(trained.name) / "l2v_config.json").exists()
         status = "adapters shipped" if shipped else f"adapters missing: l2v convert --config {trained.recipe}"
         typer.echo(f"{trained.name:<24} {trained.description}; {status}")
+    for baseline in BASELINE_MODELS.values():
+        installed = importlib.util.find_spec(baseline.package) is not None
+        status = "installed" if installed else f"not installed: {baseline.install_command}"
+        typer.echo(f"{baseline.name:<24} {baseline.description} (the encoder baseline); licence {baseline.licence}; {status}")
 
 
 @app.command()
@@ -491,7 +495,7 @@ def _roar_measures(measures: str, ig_variant: str) -> list[str]:
 
 @roar_app.command("run")
 def roar_run(
-    dataset: str = typer.Option(..., "--dataset", help="sst, babi-1, babi-2 or babi-3"),
+    dataset: str = typer.Option(..., "--dataset", help="sst, babi-1 or babi-2"),
     measures: str = typer.Option("attention,gradient,input_x_gradient,integrated_gradient", help="comma-separated"),
     seeds: str = typer.Option("0", help="comma-separated model seeds, e.g. 0,1,2"),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Recursive ROAR (default) or plain ROAR"),

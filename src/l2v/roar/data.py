@@ -1,4 +1,4 @@
-"""Data for Recursive ROAR: SST (binary, from PTB trees) and bAbI tasks 1-3, as token-id sequences.
+"""Data for Recursive ROAR: SST (binary, from PTB trees) and bAbI tasks 1 and 2 (en-10k), as token-id sequences.
 
 SST: the root label of each tree, neutral (2) dropped, 0-1 negative and 3-4 positive; sentences of more than
 5 tokens are kept, as in the paper (train 6,579 / validation 848 / test 1,776). bAbI tasks 1 and 2 (en-10k): each question

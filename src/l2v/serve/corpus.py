@@ -187,7 +187,7 @@ def _job_record(job: CorpusJob, scanned: dict, encoder) -> dict:
         "weights": _weights_signature(job.model, encoder),
         "input": str(Path(job.input).resolve()), "input_sha256": scanned["input_sha256"], "records": scanned["records"],
         "id_kind": scanned["id_kind"], "shard_size": job.shard_size, "shards": math.ceil(scanned["records"] / job.shard_size),
-        "dtype": job.dtype, "text_field": job.text_field, "id_field": job.id_field, "instruction": job.instruction,
+        "dtype": job.dtype, "compute_dtype": job.compute_dtype, "text_field": job.text_field, "id_field": job.id_field, "instruction": job.instruction,
         "normalize": job.normalize, "dimension": _hidden_size(encoder.model), "l2v_version": __version__,
     }
 
