@@ -145,6 +145,10 @@ def test_word_level_probe_runs_on_token_states(tiny_eval_model, tmp_path):
     assert features[0].shape == (6, 32)
     previous = tiny_eval_model.word_features([sentence["tokens"]], read_previous=True)
     assert np.allclose(previous[0][1:], tiny_eval_model.word_features([sentence["tokens"]], subword="first")[0][:-1], atol=1e-5)
+    # the probed layer is the one asked for: layer 0 (embeddings) is context-free, the last layer is not
+    pair = [["a", "cat", "sits"], ["my", "cat", "runs"]]
+    first, last = tiny_eval_model.word_features(pair, layer=0), tiny_eval_model.word_features(pair, layer=-1)
+    assert np.allclose(first[0][1], first[1][1], atol=1e-6) and not np.allclose(last[0][1], last[1][1], atol=1e-3)
     pos = evaluate_word_level(tiny_eval_model, train, test, tag="pos")
     assert pos["main_metric"] == "accuracy" and pos["accuracy"] == pytest.approx(100.0) and pos["n_examples"] == 36
     ner = evaluate_word_level(tiny_eval_model, train, test, tag="ner")
