@@ -140,7 +140,10 @@ def _parse_request(raw: bytes, settings: ServerSettings, hidden_size: int) -> di
 async def _client_disconnected(request: Request) -> None:
     """Returns when the client goes away. The body has been read, so the next ASGI message is the disconnect."""
     while True:
-        message = await request.receive()
+        try:
+            message = await request.receive()
+        except Exception:  # noqa: BLE001 - a broken receive channel means the client is gone as well
+            return
         if message["type"] == "http.disconnect":
             return
 
