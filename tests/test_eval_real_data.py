@@ -11,7 +11,6 @@ from l2v.evaluate.data import read_beir, read_conll_jsonl, read_sts
 from l2v.evaluate.sts import evaluate_sts
 
 
-
 @pytest.fixture(scope="module")
 def data() -> Path:
     require_shared_data("sts/stsb_test.tsv")

@@ -17,7 +17,6 @@ from l2v.roar.models import AttentionClassifier, PairedAttentionClassifier
 from l2v.roar.racu import mean_with_ci, racu
 
 
-
 @pytest.fixture(scope="module")
 def roar_data() -> Path:
     require_shared_data("roar/sst_trees/train.txt")

@@ -40,6 +40,8 @@ def _content_hash(path: Path) -> str | None:
     """sha256 of a file (or of a folder's files), memoised per (path, size, mtime) within a process."""
     import hashlib
 
+    from ..fileio import sha256_file
+
     if not path.exists():
         return None
     members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -48,11 +50,7 @@ def _content_hash(path: Path) -> str | None:
         stat = member.stat()
         key = (str(member), stat.st_size, stat.st_mtime_ns)
         if key not in _HASHES:
-            file_digest = hashlib.sha256()
-            with open(member, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    file_digest.update(chunk)
-            _HASHES[key] = file_digest.hexdigest()
+            _HASHES[key] = sha256_file(member)
         digest.update(str(member.relative_to(path) if path.is_dir() else member.name).encode())
         digest.update(_HASHES[key].encode())
     return digest.hexdigest()
