@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("encoder", type=Path)
     parser.add_argument("name")
     parser.add_argument("--provenance", type=Path, help="JSON with how it was trained, copied beside the config")
-    parser.add_argument("--max-length", type=int, default=512, help="inference max length (training used shorter texts)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="override the inference max length (default: the saved encoder's own, encoder_max_length)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from l2v import Encoder
@@ -70,7 +71,8 @@ def main() -> None:
     out.mkdir()
     config["merged_adapters"] = [renamed[s] for s in config["merged_adapters"]]
     config["adapters"] = renamed[config["adapters"]] if config["adapters"] else None
-    config["max_length"] = args.max_length
+    if args.max_length is not None:
+        config["max_length"] = args.max_length
     (out / "l2v_config.json").write_text(json.dumps(config, indent=2) + "\n")
     if args.provenance:
         shutil.copy(args.provenance, out / "provenance.json")

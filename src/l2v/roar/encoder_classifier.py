@@ -30,14 +30,18 @@ class EncoderClassifier(torch.nn.Module):
         self.output = torch.nn.Linear(_hidden_size(encoder.model), classes)
         self.embedding = encoder.model.get_input_embeddings()
         self.want_attention = False
+        self._layout = (None, None)  # (lengths, tensors) of the last batch: a measure calls forward many times on it
 
     def _wrap(self, mask: torch.Tensor):
         """The layout of each (right-padded) row of text tokens inside the encoder's special tokens: ids (text
         positions are overwritten with the given embeddings), attention mask and which positions are text."""
-        lengths = mask.sum(1).tolist()
-        batch = self.encoder.collate([self.encoder.from_ids([0] * n) for n in lengths], padding_side="right")
-        device = mask.device
-        return batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pooling_mask"].bool().to(device)
+        lengths = (tuple(mask.sum(1).tolist()), mask.device)
+        if self._layout[0] != lengths:
+            batch = self.encoder.collate([self.encoder.from_ids([0] * n) for n in lengths[0]], padding_side="right")
+            device = mask.device
+            self._layout = (lengths, (batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                      batch["pooling_mask"].bool().to(device)))
+        return self._layout[1]
 
     def forward_embedded(self, embedded, mask, questions=None, question_mask=None):
         """``embedded``: (batch, text length, dim) embeddings of the text tokens only."""
