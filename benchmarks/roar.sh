@@ -16,16 +16,18 @@ STAGES="${STAGES:-sst babi-1 encoder report}"
 ENCODER="${ROAR_ENCODER:-smollm2-135m-l2v-sup}"
 mkdir -p runs/roar
 
-bilstm() {  # one dataset, every seed, JOBS processes at a time
-  local dataset=$1 running=0
+bilstm() {  # one dataset, every seed, JOBS processes at a time; fails if any seed failed (see its log)
+  local dataset=$1 failed=0 pids=()
   for seed in $SEEDS; do
     OMP_NUM_THREADS=1 $L2V roar run --dataset "$dataset" --seeds "$seed" --data "$DATA" --output runs/roar \
       >> "runs/roar/$dataset-seed$seed.log" 2>&1 &
-    running=$((running + 1))
-    if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
+    pids+=($!)
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   done
-  wait
+  for pid in "${pids[@]}"; do wait "$pid" || { echo "$dataset: a seed failed (pid $pid; see runs/roar/$dataset-seed*.log)" >&2; failed=1; }; done
+  return $failed
 }
+trap 'kill $(jobs -p) 2>/dev/null' EXIT  # a killed script takes its seed processes with it
 
 for stage in $STAGES; do
   case $stage in

@@ -163,6 +163,36 @@ def test_micro_run_on_sst_is_cached_and_resumes(roar_data, tmp_path):
     assert "| sst | attention | recursive |" in (out / "racu.md").read_text()
     other = runner.invoke(app, [str(a) for a in args[:-2]] + ["--ig-steps", "8"])
     assert other.exit_code == 2 and "other ig_steps" in other.output
+    for option, value in (("--epochs", "0"), ("--limit-train", "0"), ("--ratios", ",")):
+        bad = runner.invoke(app, [str(a) for a in args] + [option, value])
+        assert bad.exit_code == 2 and option in bad.output, (option, bad.output)
+
+
+def test_cached_runs_are_tied_to_their_data_locked_and_kept_apart(roar_data, tmp_path):
+    """A cache folder refuses other data of the same sizes; two processes cannot compute one seed; a smaller run kept
+    inside the report folder is its own row, not extra seeds of the main run."""
+    from l2v.errors import L2VError
+    from l2v.roar.data import load
+    from l2v.roar.report import collect, racu_table
+    from l2v.roar.runner import RoarRun, run, seed_lock
+    from l2v.roar.training import TrainSettings
+
+    data = load("sst", roar_data).limit(120, 40)
+    options = dict(settings=TrainSettings(epochs=1, batch_size=32), ratios=[0, 50, 100], log=lambda *_: None)
+    run(data, tmp_path / "roar", ["attention"], [0], **options)
+    changed = data.limit(120, 40)
+    changed.splits["train"].tokens[5] = list(reversed(changed.splits["train"].tokens[5])) + [3]
+    with pytest.raises(L2VError, match="other data"):
+        RoarRun(changed, tmp_path / "roar", **options)
+    with seed_lock(tmp_path / "roar" / "sst" / "seed-0"):
+        with pytest.raises(L2VError, match="another process"):
+            run(data, tmp_path / "roar", ["attention"], [0], **options)
+    run(data.limit(100, 40), tmp_path / "roar" / "micro", ["attention"], [0], **options)
+    results = collect(tmp_path / "roar")
+    assert {r["run"] for r in results} == {"sst", "micro/sst"}
+    rows = racu_table(results)
+    assert sorted(r["dataset"] for r in rows) == ["sst [micro/sst]", "sst [sst]"]
+    assert all(r["seeds"] + r["undefined_seeds"] == [0] for r in rows)
 
 
 def test_encoder_classifier_roar_micro_run(roar_data, tiny_llama_folder, tmp_path):
@@ -191,6 +221,9 @@ def test_encoder_classifier_roar_micro_run(roar_data, tiny_llama_folder, tmp_pat
     classifier.want_attention = True
     _, alpha = classifier(tokens, mask)
     assert torch.isfinite(alpha).all() and (alpha[mask] > 0).all() and (alpha[~mask] == 0).all()
+    # the head is deterministic (lbfgs on a frozen encoder): a seed varies it through a bootstrap resample
+    heads = [backend.train(data, seed)[0].output.weight for seed in (0, 1)]
+    assert not torch.allclose(heads[0], heads[1])
     results = run(data, tmp_path / "roar", ["gradient", "attention"], [0], backend=backend, ratios=[0, 50, 100], log=lambda *_: None)
     assert {r["measure"] for r in results} == {"base", "random", "gradient", "attention"}
     half = next(r for r in results if r["measure"] == "gradient" and r["k"] == 50)

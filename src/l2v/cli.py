@@ -476,9 +476,12 @@ app.add_typer(roar_app, name="roar")
 
 def _int_list(value: str, option: str) -> list[int]:
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        values = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise L2VError(f"{option} must be comma-separated integers, got {value!r}") from None
+    if not values:
+        raise L2VError(f"{option} is empty; give comma-separated integers")
+    return values
 
 
 def _roar_measures(measures: str, ig_variant: str) -> list[str]:
@@ -501,9 +504,9 @@ def roar_run(
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Recursive ROAR (default) or plain ROAR"),
     data: Path = typer.Option(Path("../shared/data/roar"), help="folder with sst_trees/ and babi/"),
     output: Path = typer.Option(Path("runs/roar"), "--output", "-o", help="cache folder; rerun to continue"),
-    epochs: Optional[int] = typer.Option(None, help="override the paper's epochs (SST 8, bAbI up to 100)"),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="use the first N training examples (micro runs)"),
-    limit_eval: Optional[int] = typer.Option(None, "--limit-eval", help="use the first N validation and test examples"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="override the paper's epochs (SST 8, bAbI up to 100)"),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1, help="use the first N training examples (micro runs)"),
+    limit_eval: Optional[int] = typer.Option(None, "--limit-eval", min=1, help="use the first N validation and test examples"),
     ratios: str = typer.Option("0,10,20,30,40,50,60,70,80,90,100", help="masking ratios in %"),
     ig_steps: int = typer.Option(50, "--ig-steps", min=1),
     ig_variant: str = typer.Option("official", "--ig-variant", help="official (the paper's code: extra alpha) or textbook"),
@@ -520,7 +523,7 @@ def roar_run(
         if limit_train or limit_eval:
             loaded = loaded.limit(limit_train, limit_eval)
         settings = TrainSettings.for_dataset(dataset)
-        if epochs:
+        if epochs is not None:
             settings.epochs = epochs
         run(loaded, output, chosen, _int_list(seeds, "--seeds"), recursive=recursive, settings=settings,
             ig_steps=ig_steps, ig_variant=ig_variant, ratios=_int_list(ratios, "--ratios"),
@@ -538,8 +541,8 @@ def roar_encoder(
     recursive: bool = typer.Option(True, "--recursive/--no-recursive"),
     data: Path = typer.Option(Path("../shared/data/roar"), help="folder with sst_trees/"),
     output: Path = typer.Option(Path("runs/roar"), "--output", "-o"),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train"),
-    limit_eval: Optional[int] = typer.Option(None, "--limit-eval"),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1),
+    limit_eval: Optional[int] = typer.Option(None, "--limit-eval", min=1),
     ratios: str = typer.Option("0,10,20,30,40,50,60,70,80,90,100"),
     ig_steps: int = typer.Option(50, "--ig-steps", min=1),
     ig_variant: str = typer.Option("official", "--ig-variant", help="official (the paper's code: extra alpha) or textbook"),

@@ -20,6 +20,20 @@ import numpy as np
 from .errors import InputFileError
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file, or every file under a folder and the folder itself, to disk: a rename is only atomic on a
+    power loss if what it renames is already there."""
+    paths = [*path.rglob("*"), path] if path.is_dir() else [path]
+    for item in paths:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems refuse fsync on folders
+            pass
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; rename it onto ``destination`` on success."""
@@ -33,7 +47,9 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes files private; outputs should read like any other
+        _fsync(tmp_path)
         os.replace(tmp_path, destination)
+        _fsync(destination.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -48,6 +64,7 @@ def atomic_dir(destination: str | os.PathLike, overwrite: bool = False) -> Itera
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder should read like any other
     try:
         yield tmp
+        _fsync(tmp)
         if destination.exists():
             if not overwrite:
                 raise FileExistsError(f"{destination} already exists")
@@ -58,6 +75,7 @@ def atomic_dir(destination: str | os.PathLike, overwrite: bool = False) -> Itera
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, destination)
+        _fsync(destination.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -50,6 +50,21 @@ class RoarData:
     def paired(self) -> bool:
         return self.splits["train"].questions is not None
 
+    def signature(self) -> str:
+        """sha256 of the vocabulary, classes and every split's token ids, labels and questions: a cached ROAR run is
+        tied to the exact data it was computed on."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps([self.name, self.vocabulary, self.classes]).encode())
+        for name, split in self.splits.items():
+            digest.update(name.encode())
+            for rows in (split.tokens, split.questions or []):
+                digest.update(np.asarray([len(r) for r in rows], dtype=np.int64).tobytes())
+                digest.update(np.asarray([t for r in rows for t in r], dtype=np.int64).tobytes())
+            digest.update(np.asarray(split.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
     def limit(self, train: int | None = None, other: int | None = None) -> "RoarData":
         """A smaller copy (first examples of each split), for micro runs and tests."""
         splits = {name: split.subset((train if name == "train" else other) or len(split)) for name, split in self.splits.items()}

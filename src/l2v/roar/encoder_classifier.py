@@ -101,10 +101,13 @@ class EncoderBackend:
         self.device = encoder.device
 
     def describe(self) -> dict:
+        from ..fileio import weights_signature
+
         return {"backend": self.name, "model": self.encoder.source, "encoder_config": {
                     k: v for k, v in vars(self.encoder.config).items() if k != "l2v_version"},
+                "weights": weights_signature(self.encoder.source),
                 "mask_id": self.mask_id, "ig_steps": self.ig_steps, "ig_variant": self.ig_variant,
-                "head": "logistic regression (lbfgs, deterministic: seeds vary only the random baseline)"}
+                "head": "logistic regression (lbfgs) on a seeded bootstrap resample of the training set"}
 
     def _embed(self, split: Split) -> np.ndarray:
         items = [self.encoder.from_ids(row) for row in split.tokens]
@@ -112,8 +115,13 @@ class EncoderBackend:
 
     def train(self, data: RoarData, seed: int):
         features = {name: self._embed(split) for name, split in data.splits.items()}
-        head = LogisticRegression(max_iter=2000, random_state=seed)
-        head.fit(features["train"], data.splits["train"].labels)
+        # The encoder is frozen and lbfgs is deterministic: without a resample every seed would give the same head and
+        # the same measure curves. A bootstrap resample (as counts, so no sentence is encoded twice) is what a seed
+        # varies, the way a seed varies the BiLSTM's initialisation and batch order.
+        count = len(data.splits["train"])
+        weights = np.bincount(np.random.default_rng(seed).integers(0, count, count), minlength=count).astype(np.float64)
+        head = LogisticRegression(max_iter=2000)
+        head.fit(features["train"], data.splits["train"].labels, sample_weight=weights)
         model = self.load({"weight": torch.tensor(head.coef_, dtype=torch.float32),
                            "bias": torch.tensor(head.intercept_, dtype=torch.float32)}, data)
         report = {}

@@ -20,23 +20,42 @@ PAPER_RACU = {
 
 
 def collect(folder: str | Path) -> list[dict]:
+    """Every finished step under ``folder``, each with ``run``: the run folder (the one holding ``run.json``) it
+    belongs to, so results of different runs (other settings, a micro run kept beside the full one) never mix."""
     folder = Path(folder)
-    results = [json.loads(p.read_text()) for p in sorted(folder.rglob("result.json"))
-               if not any(part.startswith(".") for part in p.relative_to(folder).parts)]  # no leftovers of killed writes
+    results = []
+    for path in sorted(folder.rglob("result.json")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # leftovers of killed writes
+        run = next((p for p in path.parents if (p / "run.json").exists() and (p == folder or folder in p.parents)), folder)
+        results.append({**json.loads(path.read_text()), "run": str(run.relative_to(folder))})
     if not results:
         raise L2VError(f"{folder}: no ROAR results (run `l2v roar run` first)")
     return results
 
 
+def _labels(results: list[dict]) -> dict[str, str]:
+    """{run folder: table label}: the dataset (and backend, for an l2v encoder); the run folder too where several
+    runs share that label."""
+    plain = {}
+    for r in results:
+        backend = r.get("backend", "bilstm")
+        plain[r["run"]] = r["dataset"] if backend == "bilstm" else f"{r['dataset']} ({backend})"
+    counts = defaultdict(int)
+    for label in plain.values():
+        counts[label] += 1
+    return {run: label if counts[label] == 1 else f"{label} [{run}]" for run, label in plain.items()}
+
+
 def curves(results: list[dict]) -> dict:
-    """{dataset (+ backend): {seed: {curve name: {k: performance}}}}; base (k=0) and random k=100 join every curve.
-    Results of different backends (the paper's BiLSTM, an l2v encoder) are kept apart."""
+    """{label: {seed: {curve name: {k: performance}}}} per run folder (see ``_labels``); base (k=0) and random
+    k=100 join every curve."""
+    labels = _labels(results)
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for r in results:
         name = r["measure"] if r["recursive"] is None else f"{r['measure']}-{'recursive' if r['recursive'] else 'plain'}"
-        backend = r.get("backend", "bilstm")
-        key = r["dataset"] if backend == "bilstm" else f"{r['dataset']} ({backend})"
-        table[key][r["seed"]][name][r["k"]] = r["performance"]
+        table[labels[r["run"]]][r["seed"]][name][r["k"]] = r["performance"]
     for dataset, seeds in table.items():
         for seed, named in seeds.items():
             base = named.pop("base", {}).get(0)
@@ -49,17 +68,24 @@ def curves(results: list[dict]) -> dict:
     return table
 
 
+def _complete(curve: dict, random: dict) -> bool:
+    ks = sorted(curve)
+    return bool(ks) and ks[0] == 0 and ks[-1] == 100 and sorted(random) == ks
+
+
 def racu_table(results: list[dict]) -> list[dict]:
     rows = []
+    labels = _labels(results)
+    paper_keys = {labels[r["run"]]: r["dataset"] for r in results if r.get("backend", "bilstm") == "bilstm"}
     for dataset, seeds in curves(results).items():
         names = sorted({n for s in seeds.values() for n in s if n != "random"})
         for name in names:
             values, complete_seeds, undefined = [], [], []
             for seed, named in sorted(seeds.items()):
                 curve, random = named.get(name, {}), named.get("random", {})
-                ks = sorted(curve)
-                if not ks or ks[0] != 0 or ks[-1] != 100 or sorted(random) != ks:
+                if not _complete(curve, random):
                     continue  # an unfinished curve is not summarised
+                ks = sorted(curve)
                 value = racu(ks, [curve[k] for k in ks], [random[k] for k in ks])
                 if np.isnan(value):
                     undefined.append(seed)  # random masking lost nothing on this seed: RACU is undefined there
@@ -73,7 +99,7 @@ def racu_table(results: list[dict]) -> list[dict]:
             rows.append({"dataset": dataset, "measure": measure, "recursive": name.endswith("-recursive"),
                          "seeds": complete_seeds, "undefined_seeds": undefined, "racu": values, "mean": mean,
                          "ci_low": low, "ci_high": high,
-                         "paper": PAPER_RACU.get(dataset, {}).get(measure) if name.endswith("-recursive") else None})
+                         "paper": PAPER_RACU.get(paper_keys.get(dataset), {}).get(measure) if name.endswith("-recursive") else None})
     return rows
 
 
@@ -103,13 +129,17 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
     for axis, (dataset, seeds) in zip(axes[0], sorted(table.items())):
         names = sorted({n for s in seeds.values() for n in s})
         for name in names:
-            ks = sorted({k for s in seeds.values() for k in s.get(name, {})})
-            means = [np.mean([s[name][k] for s in seeds.values() if k in s.get(name, {})]) for k in ks]
-            axis.plot(ks, means, marker="o", markersize=3, label=name, linestyle="--" if name == "random" else "-",
-                      color="black" if name == "random" else None)
-        axis.set_title(f"{dataset} (mean over {len(seeds)} seeds)")
+            # only complete curves, so every point of a line is the mean over the same seeds
+            complete = [s for s in seeds.values() if _complete(s.get(name, {}), s.get("random", {}))]
+            if not complete:
+                continue
+            ks = sorted(complete[0][name])
+            means = [np.mean([s[name][k] for s in complete]) for k in ks]
+            axis.plot(ks, means, marker="o", markersize=3, label=f"{name} ({len(complete)} seeds)",
+                      linestyle="--" if name == "random" else "-", color="black" if name == "random" else None)
+        axis.set_title(f"{dataset}: mean over complete seeds")
         axis.set_xlabel("% of tokens masked")
-        axis.set_ylabel("macro-F1" if dataset == "sst" else "accuracy")
+        axis.set_ylabel("macro-F1" if dataset.startswith("sst") else "accuracy")
         axis.legend(fontsize=7)
     figure.tight_layout()
     with atomic_path(output / "curves.png") as tmp:

@@ -13,6 +13,7 @@ done when its ``result.json`` exists. Recursive chains keep the model of their l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict
@@ -49,9 +50,9 @@ def _load_masks(folder: Path, data: RoarData) -> RoarData:
         splits = {}
         for name, split in data.splits.items():
             flat, lengths = arrays[f"{name}_tokens"], arrays[f"{name}_lengths"]
-            if len(lengths) != len(split):
-                raise L2VError(f"{folder}: cached masks are for {len(lengths)} {name} examples, the data has {len(split)}; "
-                               "use a new --output for different data")
+            if len(lengths) != len(split) or not np.array_equal(lengths, [len(t) for t in split.tokens]):
+                raise L2VError(f"{folder}: cached masks do not fit the {name} split of the data (other examples or "
+                               "lengths); use a new --output for different data")
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             splits[name] = Split([flat[offsets[i]: offsets[i + 1]].tolist() for i in range(len(lengths))], split.labels, split.questions)
     return RoarData(data.name, data.vocabulary, data.classes, splits)
@@ -98,15 +99,15 @@ class RoarRun:
         self.backend = backend or BiLSTMBackend(settings or TrainSettings.for_dataset(data.name), device, ig_steps, ig_variant)
         self.data = data
         self.output = Path(output) / (data.name if self.backend.name == "bilstm" else f"{data.name}-{self.backend.name}")
-        self.ratios = ratios or RATIOS
-        if self.ratios[0] != 0 or self.ratios[-1] != 100 or sorted(set(self.ratios)) != self.ratios:
+        self.ratios = RATIOS if ratios is None else list(ratios)
+        if not self.ratios or self.ratios[0] != 0 or self.ratios[-1] != 100 or sorted(set(self.ratios)) != self.ratios:
             raise L2VError(f"ratios must rise from 0 to 100, got {self.ratios}")
         self.log = log
         self._check_settings()
 
     def _check_settings(self) -> None:
         record = {**self.backend.describe(), "ratios": self.ratios,
-                  "sizes": {name: len(split) for name, split in self.data.splits.items()}}
+                  "sizes": {name: len(split) for name, split in self.data.splits.items()}, "data": self.data.signature()}
         path = self.output / "run.json"
         if path.exists():
             existing = json.loads(path.read_text())
@@ -201,19 +202,40 @@ class RoarRun:
         return results
 
     def _plain_scores(self, base_folder: Path, chain: Path, measure: str, seed: int) -> dict[str, list[np.ndarray]]:
+        from ..fileio import atomic_path, sha256_file
+
         path = chain / "importance.npz"
+        base_model = sha256_file(base_folder / "model.safetensors") if (base_folder / "model.safetensors").exists() else ""
         if path.exists():
             with np.load(path) as arrays:
-                return {name: [arrays[f"{name}_{i}"] for i in range(len(split))] for name, split in self.data.splits.items()}
+                if str(arrays["base_model_sha256"]) == base_model:  # scored by this very k = 0 model
+                    return {name: [arrays[f"{name}_{i}"] for i in range(len(split))] for name, split in self.data.splits.items()}
         model = self._load_model(base_folder)
         scores = self._scores(model, self.data, measure, seed, 0)
         chain.mkdir(parents=True, exist_ok=True)
-        from ..fileio import atomic_path
-
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **{f"{name}_{i}": values for name, rows in scores.items() for i, values in enumerate(rows)})
+                np.savez_compressed(handle, base_model_sha256=np.asarray(base_model),
+                                    **{f"{name}_{i}": values for name, rows in scores.items() for i, values in enumerate(rows)})
         return scores
+
+
+@contextlib.contextmanager
+def seed_lock(folder: Path):
+    """Hold ``folder/.lock`` while a process computes this seed: two processes on one seed would race on its step
+    folders and chain models, so the second one is refused."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise L2VError(f"{folder} is being computed by another process; wait for it or stop it first") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run(data: RoarData, output, measures: list[str], seeds: list[int], recursive: bool = True, **kwargs) -> list[dict]:
@@ -221,7 +243,8 @@ def run(data: RoarData, output, measures: list[str], seeds: list[int], recursive
     roar = RoarRun(data, output, **kwargs)
     results = []
     for seed in seeds:
-        results += roar.random(seed)
-        for measure in measures:
-            results += roar.measure(seed, measure, recursive)
+        with seed_lock(roar.output / f"seed-{seed}"):
+            results += roar.random(seed)
+            for measure in measures:
+                results += roar.measure(seed, measure, recursive)
     return results
