@@ -62,6 +62,8 @@ def test_supervised_triples_come_from_training_splits_only(data, tmp_path):
         test_pairs |= set(zip(sts.sentences1, sts.sentences2))
     mrpc = read_pairs_with_labels(data / "pair_classification" / "mrpc_test.tsv")
     test_pairs |= set(zip(mrpc.sentences1, mrpc.sentences2))
-    assert not [t for t in triples if (t["query"], t["positive"]) in test_pairs]
+    both_ways = test_pairs | {(b, a) for a, b in test_pairs}
+    assert not [t for t in triples if (t["query"], t["positive"]) in both_ways]
+    assert not [t for t in triples if (t["query"], t["negative"]) in both_ways]  # nor as a hard negative
     test_claims = set(read_beir(data / "retrieval" / "scifact", "test").queries.values())
     assert not [t for t in triples if t["dataset"] == "scifact" and t["query"] in test_claims]

@@ -175,6 +175,29 @@ def test_grad_cache_equals_the_full_batch(tiny_llama_folder, dropout, chunk):
         assert torch.allclose(got[name], expected[name], atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_grad_cache_replays_dropout_across_chunks(tiny_llama_folder, chunk):
+    """With dropout on and several chunks per role, the replayed forwards draw the dropout masks of the first,
+    gradient-free pass: the loss and gradients equal the same chunked forwards run with graph."""
+    encoder, queries, positives, negatives = _encoder_and_batches(tiny_llama_folder, 0.3)
+    reference = copy.deepcopy(encoder)
+    loss_fn = lambda q, p, n: contrastive_loss(q, p, n, temperature=0.02)  # noqa: E731
+    torch.manual_seed(11)
+    embeddings = [torch.cat([reference(c) for c in _chunks(reference, x, chunk)]) for x in (queries, positives, negatives)]
+    plain = loss_fn(*embeddings)
+    plain.backward()
+    torch.manual_seed(11)
+    groups = [_chunks(encoder, x, chunk) for x in (queries, positives, negatives)]
+    cached = grad_cache_step(encoder, groups, loss_fn, module=encoder)
+    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
+    expected, got = _grads(reference), _grads(encoder)
+    assert expected.keys() == got.keys() and len(got) > 0
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-5, rtol=1e-4), name
+    torch.manual_seed(12)  # and the dropout does act: another seed gives another loss
+    assert grad_cache_step(copy.deepcopy(encoder), groups, loss_fn).item() != pytest.approx(cached.item(), rel=1e-4)
+
+
 def _rank_loss(rank, world, init_file, queries, keys, result_file):
     import torch.distributed as dist
 

@@ -159,6 +159,10 @@ def test_each_stage_loss_equals_the_padded_full_batch(tmp_path, tiny_llama_folde
         ({"steps": 0}, "steps must be a positive integer"),
         ({"stage": "pretrain"}, "stage must be one of"),
         ({"data": {"train": None}}, "data.train"),
+        ({"dtype": "bf16"}, "dtype must be one of float32, bfloat16, got 'bf16'"),
+        ({"dtype": "float16"}, "loss scaler"),
+        ({"save_every": 0}, "save_every must be a positive integer"),
+        ({"warmup_steps": -1}, "warmup_steps must be a non-negative integer"),
     ],
 )
 def test_bad_configs_fail_before_training(tmp_path, tiny_llama_folder, change, message):
@@ -240,6 +244,61 @@ def test_numbers_written_without_a_dot_are_numbers(tmp_path, tiny_llama_folder):
         load_config(path)
 
 
+def test_null_instruction_and_dataset_are_the_defaults(tmp_path):
+    from l2v.train.config import DataConfig
+    from l2v.train.data import load_triples
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"query": "a", "positive": "b", "instruction": null, "dataset": null}\n')
+    (triple,) = load_triples(DataConfig(train=str(path)))
+    assert triple.instruction == "" and triple.dataset == "default"
+
+
+def test_convert_checks_every_stage_before_training(tmp_path, tiny_llama_folder):
+    """A missing SimCSE file, a bad later-stage value or an unknown evaluation task fails before MNTP trains."""
+    from l2v.train.convert import convert
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    common = {"data": {"train": str(texts)}, "batch_size": 4, "steps": 2, "max_length": 16, "lora": {"r": 4, "alpha": 8}}
+    cases = [({"simcse": {**common, "data": {"train": str(tmp_path / "missing.txt")}}}, None, "input file not found"),
+             ({"simcse": {**common, "batch_size": 0}}, None, "stages.simcse.batch_size must be a positive integer"),
+             ({"simcse": common}, {"tasks": ["no-such-task"], "data": str(tmp_path)}, "no-such-task")]
+    for stages, evaluate, message in cases:
+        recipe = {"model": str(tiny_llama_folder), "output": str(tmp_path / "out"),
+                  "stages": {"mntp": {**common, "mntp": {"mask_token": "<unk>"}}, **stages}}
+        if evaluate:
+            recipe["evaluate"] = evaluate
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        with pytest.raises(L2VError, match=message):
+            convert(path, show_progress=False, log=lambda *_: None)
+        assert not (tmp_path / "out" / "mntp").exists()
+
+
+def test_resume_refuses_another_process_count_or_retrained_adapters(tmp_path, tiny_llama_folder):
+    import shutil
+
+    mntp = load_config(write_config(tmp_path / "m", tiny_llama_folder, "mntp", steps=2))
+    adapter = train(mntp, show_progress=False, log=lambda *_: None) / "adapter"
+    config = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=2, adapters=[str(adapter)]))
+    train(config, show_progress=False, log=lambda *_: None)
+    state_path = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1] / "state.json"
+    state = json.loads(state_path.read_text())
+    assert state["world"] == 1
+    longer = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=3, adapters=[str(adapter)]))
+    state_path.write_text(json.dumps({**state, "world": 2}))
+    with pytest.raises(L2VError, match="written by 2 process"):
+        train(longer, show_progress=False, log=lambda *_: None)
+    state_path.write_text(json.dumps(state))
+    # the MNTP stage trained again (other weights, same folder): the SimCSE checkpoint no longer fits
+    retrained = load_config(write_config(tmp_path / "m", tiny_llama_folder, "mntp", steps=2, seed=4))
+    shutil.rmtree(tmp_path / "m" / "run")
+    train(retrained, show_progress=False, log=lambda *_: None)
+    with pytest.raises(L2VError, match="different config"):
+        train(longer, show_progress=False, log=lambda *_: None)
+
+
 def test_resuming_with_a_changed_config_is_refused(tmp_path, tiny_llama_folder):
     config = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=2))
     train(config, show_progress=False, log=lambda *_: None)
@@ -256,7 +315,9 @@ def test_resuming_with_a_changed_config_is_refused(tmp_path, tiny_llama_folder):
     [
         (['{"query": "a", "positive": "b"}', '{"query": "c", "positive": '], "line 2 is not valid JSON"),
         (['{"query": "a"}'], "line 1 has no 'positive' field"),
-        (['{"query": "a", "positive": 3}'], "'query' and 'positive' must be strings"),
+        (['{"query": "a", "positive": 3}'], "line 1: 'positive' must be a string, got int"),
+        (['', '{"query": "a", "positive": "b", "instruction": 7}'], "line 2: 'instruction' must be a string"),
+        (['{"query": null, "positive": "b"}'], "line 1: 'query' and 'positive' must be strings, got null"),
         (['{"query": "a", "positive": "b", "negative": "c"}', '{"query": "d", "positive": "e"}'], "every triple has a 'negative' or none"),
     ],
 )

@@ -120,15 +120,30 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
         if required not in values:
             raise L2VError(f"{path}: missing config key {required!r}")
     config = _build(TrainConfig, values, "", str(path))
-    if config.stage not in STAGES:
-        raise L2VError(f"{path}: stage must be one of {', '.join(STAGES)}, got {config.stage!r}")
-    for name in ("batch_size", "steps", "save_every", "max_length", "encoder_max_length", "log_every"):
-        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
-            raise L2VError(f"{path}: {name} must be a positive integer, got {getattr(config, name)!r}")
-    if not config.data.train and not config.data.hub:
-        raise L2VError(f"{path}: data.train (a local file) or data.hub (a dataset name) is required")
-    coerce_numbers(config, str(path))
+    validate(config, str(path))
     return config
+
+
+def validate(config: "TrainConfig", source: str, prefix: str = "") -> None:
+    """Every check a training config gets before anything is loaded (``l2v train`` and each stage of ``l2v
+    convert``); ``prefix`` names the key's place in the file (``stages.simcse.``)."""
+    if config.stage not in STAGES:
+        raise L2VError(f"{source}: {prefix}stage must be one of {', '.join(STAGES)}, got {config.stage!r}")
+    for name in ("batch_size", "steps", "save_every", "max_length", "encoder_max_length", "log_every"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise L2VError(f"{source}: {prefix}{name} must be a positive integer, got {value!r}")
+    if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
+        raise L2VError(f"{source}: {prefix}warmup_steps must be a non-negative integer, got {config.warmup_steps!r}")
+    if config.dtype not in TRAIN_DTYPES:
+        hint = "; float16 training would need a loss scaler: use bfloat16" if config.dtype == "float16" else ""
+        raise L2VError(f"{source}: {prefix}dtype must be one of {', '.join(TRAIN_DTYPES)}, got {config.dtype!r}{hint}")
+    if not config.data.train and not config.data.hub:
+        raise L2VError(f"{source}: {prefix}data.train (a local file) or {prefix}data.hub (a dataset name) is required")
+    coerce_numbers(config, f"{source}: {prefix.rstrip('.')}" if prefix else source)
+
+
+TRAIN_DTYPES = ("float32", "bfloat16")
 
 
 def coerce_numbers(config: "TrainConfig", source: str) -> None:

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import L2VError
-from .config import STAGES, TrainConfig, _build, coerce_numbers, read_yaml
+from .config import STAGES, TrainConfig, _build, read_yaml, validate
 from .runner import train
 
 CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
@@ -51,9 +51,7 @@ def load_convert_config(path: str | Path) -> dict:
         adapters = [] if stage == "mntp" else [str(output / "mntp" / "encoder" / "adapter")]
         configs[stage] = _build(TrainConfig, {**stage_values, "stage": stage, "model": values["model"],
                                               "output": str(output / stage), "adapters": adapters}, f"stages.{stage}", str(path))
-        coerce_numbers(configs[stage], f"{path}: stages.{stage}")
-        if not configs[stage].data.train and not configs[stage].data.hub:
-            raise L2VError(f"{path}: stages.{stage}.data.train (or data.hub) is required")
+        validate(configs[stage], str(path), prefix=f"stages.{stage}.")
     evaluate = values.get("evaluate") or None
     if evaluate is not None:
         unknown = set(evaluate) - {"tasks", "data", "files"}
@@ -62,26 +60,37 @@ def load_convert_config(path: str | Path) -> dict:
     return {"name": values.get("name") or output.name, "output": output, "stages": configs, "evaluate": evaluate}
 
 
+def _evaluation_tasks(spec: dict) -> list:
+    from ..evaluate import select_tasks
+
+    tasks = spec.get("tasks") or []
+    tasks = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)]
+    return select_tasks(tasks, Path(spec["data"]) if spec.get("data") else None, list(spec.get("files") or []))
+
+
 def convert(path: str | Path, show_progress: bool = True, log=print) -> Path:
+    from ..fileio import atomic_dir
+    from .data import load_texts, load_triples
+
     plan = load_convert_config(path)
     output: Path = plan["output"]
+    # Every stage's data and the evaluation tasks are read before the first step: a bad SimCSE file or task name
+    # fails now, not after MNTP has trained.
+    for config in plan["stages"].values():
+        (load_triples if config.stage == "supervised" else load_texts)(config.data)
+    selected = _evaluation_tasks(plan["evaluate"]) if plan["evaluate"] else None
     encoders = {}
     for stage, config in plan["stages"].items():
         log(f"== {stage} -> {config.output}")
         encoders[stage] = train(config, show_progress=show_progress, log=log)
     final_stage = "supervised" if "supervised" in encoders else "simcse"
     final = output / "encoder"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(encoders[final_stage], final)
+    with atomic_dir(final, overwrite=True) as tmp:
+        shutil.copytree(encoders[final_stage], tmp, dirs_exist_ok=True)
     log(f"encoder: {final}")
-    if plan["evaluate"]:
-        from ..evaluate import run_evaluation, select_tasks
+    if selected is not None:
+        from ..evaluate import run_evaluation
 
-        spec = plan["evaluate"]
-        tasks = spec.get("tasks") or []
-        tasks = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)]
-        selected = select_tasks(tasks, Path(spec["data"]) if spec.get("data") else None, list(spec.get("files") or []))
         models = [str(final), str(encoders["mntp"])]
         run_evaluation(models, selected, output / "eval", log=log)
         log(f"evaluation report: {output / 'eval' / 'results.md'}")

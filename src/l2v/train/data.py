@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputFileError, L2VError
-from ..evaluate.data import read_jsonl
-from ..fileio import read_texts
+from ..fileio import iter_json_records, read_texts
 from .config import DataConfig
 
 
@@ -35,23 +34,35 @@ def load_texts(config: DataConfig) -> list[str]:
     return texts
 
 
+def _triple(record: dict, where: str) -> Triple:
+    """One training triple from a record (a JSONL line or a hub row); ``where`` names it in errors. ``negative``,
+    ``instruction`` and ``dataset`` may be absent or null; every present field must be a string."""
+    for key in ("query", "positive"):
+        if key not in record:
+            raise InputFileError(f"{where} has no {key!r} field")
+    values = {}
+    for key, default in (("query", None), ("positive", None), ("negative", None), ("instruction", ""), ("dataset", "default")):
+        value = record.get(key)
+        if value is None:
+            value = default
+        elif not isinstance(value, str):
+            raise InputFileError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+        values[key] = value
+    if values["query"] is None or values["positive"] is None:
+        raise InputFileError(f"{where}: 'query' and 'positive' must be strings, got null")
+    return Triple(**values)
+
+
 def load_triples(config: DataConfig) -> list[Triple]:
     if config.hub:
         import datasets
 
         rows = datasets.load_dataset(config.hub, split=config.hub_split)
-        triples = [Triple(r["query"], r["positive"], r.get("negative"), r.get("instruction", ""), r.get("dataset", "default")) for r in rows]
+        triples = [_triple(row, f"dataset {config.hub}: row {number}") for number, row in enumerate(rows, start=1)]
     else:
         path = Path(config.train)
-        triples = []
-        for number, record in enumerate(read_jsonl(path, ("query", "positive")), start=1):
-            if not isinstance(record["query"], str) or not isinstance(record["positive"], str):
-                raise InputFileError(f"{path}: record {number}: 'query' and 'positive' must be strings")
-            negative = record.get("negative")
-            if negative is not None and not isinstance(negative, str):
-                raise InputFileError(f"{path}: record {number}: 'negative' must be a string")
-            triples.append(Triple(record["query"], record["positive"], negative, str(record.get("instruction", "")),
-                                  str(record.get("dataset", "default"))))
+        triples = [_triple(record, f"{path}: line {number}")
+                   for number, record in iter_json_records(path, skip_blank=True)]
     if config.max_examples:
         triples = triples[: config.max_examples]
     if not triples:

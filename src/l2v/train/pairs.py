@@ -8,7 +8,7 @@
   that is not relevant to the claim.
 
 Pairs that also occur in a test split (the public files share a few: 7 in STS-B, 49 in SICK-R) are dropped,
-so evaluation on those tests stays clean. Each triple carries its data set's instruction (on the query side only) and its data set name, so a batch is
+as positives and as hard negatives, so evaluation on those tests stays clean. Each triple carries its data set's instruction (on the query side only) and its data set name, so a batch is
 drawn from one data set. Users with internet can point a config at a Hugging Face data set (e.g. the public
 E5 mix) instead.
 """
@@ -37,7 +37,7 @@ def _pairs_to_triples(name, first, second, scores, high, low, rng, exclude=froze
     negatives_of: dict[str, list[str]] = {}
     low_pool = []
     for a, b, score in zip(first, second, scores):
-        if score <= low:
+        if score <= low and (a, b) not in exclude and (b, a) not in exclude:  # a test pair is no training signal
             negatives_of.setdefault(a, []).append(b)
             negatives_of.setdefault(b, []).append(a)
             low_pool += [a, b]
@@ -45,12 +45,15 @@ def _pairs_to_triples(name, first, second, scores, high, low, rng, exclude=froze
     for a, b, score in zip(first, second, scores):
         if score < high or a == b or (a, b) in exclude or (b, a) in exclude:
             continue
-        candidates = [n for n in negatives_of.get(a, []) if n not in (a, b)]
+        def usable(n):  # not the pair itself, and not a pair of a test split (even one drawn at random)
+            return n not in (a, b) and (a, n) not in exclude and (n, a) not in exclude
+
+        candidates = [n for n in negatives_of.get(a, []) if usable(n)]
         if candidates:
             negative = candidates[int(rng.integers(len(candidates)))]
         else:
             negative = low_pool[int(rng.integers(len(low_pool)))]
-            while negative in (a, b):
+            while not usable(negative):
                 negative = low_pool[int(rng.integers(len(low_pool)))]
         triples.append({"query": a, "positive": b, "negative": negative, "instruction": INSTRUCTIONS[name], "dataset": name})
     return triples

@@ -159,7 +159,7 @@ class Stage:
 
         config = self.config
         resolved = resolve(config.model)
-        lm = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=DTYPES.get(config.dtype, torch.float32),
+        lm = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=DTYPES[config.dtype],
                                                   local_files_only=resolved.local_files_only)
         lm.to(self._device())
         backbone = lm.get_decoder()
@@ -245,9 +245,17 @@ def config_signature(config: TrainConfig) -> str:
     import dataclasses
     import hashlib
 
+    from ..fileio import sha256_file
+
     values = dataclasses.asdict(config)
     for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing"):  # none changes a step
         values.pop(key)
+    # the adapters trained on top of are named by their contents, not only their path: a retrained MNTP adapter
+    # under the same folder must not be paired with a SimCSE checkpoint trained on the old one
+    values["adapter_contents"] = [
+        {str(p.relative_to(folder)): sha256_file(p) for p in sorted(Path(folder).rglob("*.safetensors"))}
+        for folder in config.adapters if Path(folder).is_dir()
+    ]
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -272,6 +280,7 @@ def _save_checkpoint(output: Path, step: int, stage: Stage, optimizer, scheduler
         state = {
             "step": step,
             "config_signature": config_signature(stage.config),
+            "world": stage.world,
             "scheduler": scheduler.state_dict(),
             "optimizer_scalars": optimizer_scalars,
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
@@ -290,6 +299,9 @@ def _load_checkpoint(folder: Path, stage: Stage, optimizer, scheduler) -> int:
     if state.get("config_signature") != config_signature(stage.config):
         raise L2VError(f"{folder} was written with a different config (only steps, output, save_every, log_every, "
                        "encoder_max_length and gradient_checkpointing may change when resuming); use a new output folder or restore the config")
+    if state.get("world", 1) != stage.world:
+        raise L2VError(f"{folder} was written by {state.get('world', 1)} process(es), this run has {stage.world}: the global "
+                       "batch and the data order would change; resume with the same --nproc_per_node")
     trainable = stage.trainable()
     weights = load_file(str(folder / "trainable.safetensors"))
     if set(weights) != set(trainable):
