@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${L2V_DATA:-../shared/data}"
 L2V=.venv/bin/l2v
-[ -s runs/pairs.jsonl ] || $L2V make-pairs --data "$DATA" --output runs/pairs.jsonl
+$L2V make-pairs --data "$DATA" --output runs/pairs.jsonl  # deterministic (seed 0); follows the code
 $L2V convert --config configs/smollm2-l2v-unsup.yaml
 if [ ! -e runs/smollm2-l2v-sup/mntp ] && [ -d runs/smollm2-l2v-unsup/mntp/encoder ]; then
   mkdir -p runs/smollm2-l2v-sup && cp -r runs/smollm2-l2v-unsup/mntp runs/smollm2-l2v-sup/mntp

@@ -367,3 +367,12 @@ def test_default_lora_covers_every_attention_and_mlp_projection(tmp_path, family
     config.lora.target_modules = ["nonexistent"]
     with pytest.raises(L2VError, match=r"none of lora.target_modules .* \(its linear layers: "):
         _apply_lora(tiny_backbone(family), config)
+
+
+def test_a_dataset_smaller_than_one_batch_is_named(caplog):
+    from l2v.train.runner import BatchPlan
+
+    with caplog.at_level("WARNING"):
+        plan = BatchPlan({"big": list(range(8)), "tiny": [8, 9]}, global_batch=4, seed=0)
+    assert "tiny" in caplog.text and "not trained on" in caplog.text
+    assert plan.per_epoch == 2 and all(max(plan.batch(s)) < 8 for s in range(4))

@@ -62,6 +62,10 @@ class BatchPlan:
         if self.per_epoch == 0:
             biggest = max(len(v) for v in groups.values())
             raise L2VError(f"not enough training examples for one global batch of {global_batch} (largest dataset has {biggest})")
+        small = sorted(name for name, members in groups.items() if len(members) < global_batch)
+        if small:  # a batch is drawn from one dataset, so these never appear in training
+            logger.warning("datasets %s have fewer examples than one global batch (%d) and are not trained on",
+                           ", ".join(small), global_batch)
         self._cache: dict[int, list[list[int]]] = {}
 
     def _epoch(self, epoch: int) -> list[list[int]]:
@@ -252,10 +256,11 @@ def config_signature(config: TrainConfig) -> str:
         values.pop(key)
     # the adapters trained on top of are named by their contents, not only their path: a retrained MNTP adapter
     # under the same folder must not be paired with a SimCSE checkpoint trained on the old one
-    values["adapter_contents"] = [
-        {str(p.relative_to(folder)): sha256_file(p) for p in sorted(Path(folder).rglob("*.safetensors"))}
-        for folder in config.adapters if Path(folder).is_dir()
-    ]
+    if config.adapters:  # (a stage without adapters keeps the signature it always had)
+        values["adapter_contents"] = [
+            {str(p.relative_to(folder)): sha256_file(p) for p in sorted(Path(folder).rglob("*.safetensors"))}
+            for folder in config.adapters if Path(folder).is_dir()
+        ]
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
