@@ -157,6 +157,19 @@ def _grads(module):
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
+def _grad_cache_matches(encoder, reference, batches, chunk, loss_fn, plain):
+    """One GradCache step from seed 11 on ``encoder``; its loss and gradients equal ``plain``'s on ``reference``."""
+    torch.manual_seed(11)
+    groups = [_chunks(encoder, x, chunk) for x in batches]
+    cached = grad_cache_step(encoder, groups, loss_fn, module=encoder)
+    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
+    expected, got = _grads(reference), _grads(encoder)
+    assert expected.keys() == got.keys() and len(got) > 0
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-5, rtol=1e-4), name
+    return groups, cached
+
+
 @pytest.mark.parametrize("dropout,chunk", [(0.0, 1), (0.0, 3), (0.2, 4)])
 def test_grad_cache_equals_the_full_batch(tiny_llama_folder, dropout, chunk):
     encoder, queries, positives, negatives = _encoder_and_batches(tiny_llama_folder, dropout)
@@ -165,14 +178,7 @@ def test_grad_cache_equals_the_full_batch(tiny_llama_folder, dropout, chunk):
     torch.manual_seed(11)
     plain = loss_fn(*[reference(f) for f in (_chunks(reference, x, len(x))[0] for x in (queries, positives, negatives))])
     plain.backward()
-    torch.manual_seed(11)
-    groups = [_chunks(encoder, x, chunk) for x in (queries, positives, negatives)]
-    cached = grad_cache_step(encoder, groups, loss_fn, module=encoder)
-    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
-    expected, got = _grads(reference), _grads(encoder)
-    assert expected.keys() == got.keys() and len(got) > 0
-    for name in expected:
-        assert torch.allclose(got[name], expected[name], atol=1e-5, rtol=1e-4), name
+    _grad_cache_matches(encoder, reference, (queries, positives, negatives), chunk, loss_fn, plain)
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
@@ -186,14 +192,7 @@ def test_grad_cache_replays_dropout_across_chunks(tiny_llama_folder, chunk):
     embeddings = [torch.cat([reference(c) for c in _chunks(reference, x, chunk)]) for x in (queries, positives, negatives)]
     plain = loss_fn(*embeddings)
     plain.backward()
-    torch.manual_seed(11)
-    groups = [_chunks(encoder, x, chunk) for x in (queries, positives, negatives)]
-    cached = grad_cache_step(encoder, groups, loss_fn, module=encoder)
-    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
-    expected, got = _grads(reference), _grads(encoder)
-    assert expected.keys() == got.keys() and len(got) > 0
-    for name in expected:
-        assert torch.allclose(got[name], expected[name], atol=1e-5, rtol=1e-4), name
+    groups, cached = _grad_cache_matches(encoder, reference, (queries, positives, negatives), chunk, loss_fn, plain)
     torch.manual_seed(12)  # and the dropout does act: another seed gives another loss
     assert grad_cache_step(copy.deepcopy(encoder), groups, loss_fn).item() != pytest.approx(cached.item(), rel=1e-4)
 
