@@ -93,6 +93,15 @@ def main() -> None:
         shutil.rmtree(PACKAGE / args.name)
     shutil.move(str(out), str(PACKAGE / args.name))
     shutil.rmtree(staging)
+    # adapters no shipped encoder refers to any more (a re-shipped encoder's old ones) leave the package
+    used = set()
+    for config_file in PACKAGE.glob("*/l2v_config.json"):
+        shipped = json.loads(config_file.read_text())
+        used |= {Path(a).name for a in [*shipped.get("merged_adapters", []), shipped.get("adapters")] if a}
+    for adapter in (PACKAGE / "_shared").iterdir():
+        if adapter.name not in used:
+            shutil.rmtree(adapter)
+            print(f"removed unused {adapter.name}")
     print(f"shipped {args.name} in {PACKAGE / args.name}")
 
 
