@@ -208,7 +208,7 @@ class RoarRun:
         base_model = sha256_file(base_folder / "model.safetensors") if (base_folder / "model.safetensors").exists() else ""
         if path.exists():
             with np.load(path) as arrays:
-                if str(arrays["base_model_sha256"]) == base_model:  # scored by this very k = 0 model
+                if "base_model_sha256" in arrays.files and str(arrays["base_model_sha256"]) == base_model:  # this k=0 model's
                     return {name: [arrays[f"{name}_{i}"] for i in range(len(split))] for name, split in self.data.splits.items()}
         model = self._load_model(base_folder)
         scores = self._scores(model, self.data, measure, seed, 0)
