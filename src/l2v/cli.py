@@ -547,6 +547,8 @@ def roar_encoder(
     ig_steps: int = typer.Option(50, "--ig-steps", min=1),
     ig_variant: str = typer.Option("official", "--ig-variant", help="official (the paper's code: extra alpha) or textbook"),
     max_length: int = typer.Option(128, "--max-length", min=4),
+    dtype: str = typer.Option("float32", "--dtype", help="the encoder's compute precision: float32 or bfloat16 "
+                              "(about 3x faster on a CPU with bf16; gradients in bf16)"),
 ):
     """Recursive ROAR for an l2v encoder + linear head on SST-2 (masking with the model's MNTP mask token)."""
     _quiet_libraries()
@@ -558,7 +560,9 @@ def roar_encoder(
 
         chosen = _roar_measures(measures, ig_variant)
         # eager attention only when the attention measure needs the weights (SDPA is faster for the rest)
-        encoder = Encoder.from_pretrained(model, max_length=max_length,
+        if dtype not in ("float32", "bfloat16"):
+            raise L2VError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+        encoder = Encoder.from_pretrained(model, max_length=max_length, dtype=dtype,
                                           attn_implementation="eager" if "attention" in chosen else None)
         loaded = sst_for_encoder(data / "sst_trees", encoder, limit_train, limit_eval)
         import hashlib

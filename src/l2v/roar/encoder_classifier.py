@@ -106,6 +106,7 @@ class EncoderBackend:
         return {"backend": self.name, "model": self.encoder.source, "encoder_config": {
                     k: v for k, v in vars(self.encoder.config).items() if k != "l2v_version"},
                 "weights": weights_signature(self.encoder.source),
+                "dtype": str(next(self.encoder.model.parameters()).dtype),
                 "mask_id": self.mask_id, "ig_steps": self.ig_steps, "ig_variant": self.ig_variant,
                 "head": "logistic regression (lbfgs) on a seeded bootstrap resample of the training set"}
 
