@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +42,7 @@ def _labels(results: list[dict]) -> dict[str, str]:
     for r in results:
         backend = r.get("backend", "bilstm")
         plain[r["run"]] = r["dataset"] if backend == "bilstm" else f"{r['dataset']} ({backend})"
-    counts = defaultdict(int)
-    for label in plain.values():
-        counts[label] += 1
+    counts = Counter(plain.values())
     return {run: label if counts[label] == 1 else f"{label} [{run}]" for run, label in plain.items()}
 
 
