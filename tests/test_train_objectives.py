@@ -210,7 +210,12 @@ def _rank_loss(rank, world, init_file, queries, keys, result_file):
     loss = info_nce(local_q, local_k, temperature=0.05)
     loss.backward()
     torch.save({"loss": loss.detach(), "q_grad": local_q.grad, "k_grad": local_k.grad}, f"{result_file}.{rank}")
+    # Gloo can abort a process whose peer tears its pair down first, or at interpreter shutdown while its worker
+    # threads still hold tensors (a SIGABRT seen once in CI after both results were written): wait for both ranks,
+    # destroy the group, and leave without interpreter finalisation.
+    dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)
 
 
 def test_gathered_negatives_across_two_processes_equal_one_process():

@@ -23,10 +23,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_USER_ERROR)
 
 
+def _close_process_group() -> None:
+    """Destroy a torch.distributed group this command started (``l2v train``/``convert`` under torchrun).
+
+    Left to interpreter shutdown, gloo's worker threads can abort the process after its work is done."""
+    dist_module = sys.modules.get("torch.distributed")  # never import torch just for this
+    if dist_module is not None and dist_module.is_available() and dist_module.is_initialized():
+        dist_module.destroy_process_group()
+
+
 def _run(action):
     """Run ``action`` turning every failure into one line (set L2V_DEBUG=1 for the traceback)."""
     try:
-        return action()
+        return _run_and_close(action)
     except typer.Exit:
         raise
     except L2VError as error:
@@ -38,6 +47,13 @@ def _run(action):
             raise
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
         _fail(f"{type(error).__name__}: {text} (set L2V_DEBUG=1 for the traceback)")
+
+
+def _run_and_close(action):
+    try:
+        return action()
+    finally:
+        _close_process_group()
 
 
 def _quiet_libraries() -> None:
