@@ -98,6 +98,37 @@ def test_importance_measures_by_their_definitions(paired):
     assert torch.equal(first, again) and torch.isinf(first[~mask]).all()
 
 
+def test_bilstm_equals_a_packed_bidirectional_lstm_and_loads_its_weights():
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from l2v.roar.models import _BiLSTM
+
+    torch.manual_seed(0)
+    packed_lstm = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    torch.manual_seed(0)
+    ours = _BiLSTM(6, 5)  # the same draws as the bidirectional module, in the same order
+    assert all(torch.equal(a, b) for a, b in zip(packed_lstm.parameters(), ours.parameters()))
+    loaded = _BiLSTM(6, 5)
+    loaded.load_state_dict({f"lstm.{k}": v for k, v in packed_lstm.state_dict().items()})  # a cached model's keys
+    assert all(torch.equal(a, b) for a, b in zip(packed_lstm.parameters(), loaded.parameters()))
+
+    lengths = torch.tensor([7, 3, 1, 5])
+    mask = torch.arange(7)[None, :] < lengths[:, None]
+    embedded = torch.randn(4, 7, 6, requires_grad=True)
+    output, (final, _) = packed_lstm(pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False))
+    expected, _ = pad_packed_sequence(output, batch_first=True, total_length=7)
+    expected_final = torch.cat([final[0], final[1]], -1)
+    states, final_states = ours(embedded, mask)
+    assert torch.allclose(states, expected, atol=1e-6) and torch.allclose(final_states, expected_final, atol=1e-6)
+    assert (states[~mask] == 0).all()
+    weights = torch.randn_like(states)
+    (expected * weights).sum().backward()
+    expected_grad, embedded.grad = embedded.grad, None
+    (states * weights).sum().backward()
+    assert torch.allclose(embedded.grad, expected_grad, atol=1e-6)
+
+
 def test_paper_data_sizes(roar_data):
     from l2v.roar.data import load
 

@@ -6,20 +6,48 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 class _BiLSTM(nn.Module):
+    """A bidirectional LSTM over a padded batch; returns (states, [final forward; final backward]).
+
+    Both directions run on the dense padded tensor, the backward one on each sequence reversed within its own
+    length, so padding never reaches a real position and the states equal a packed-sequence LSTM's (a test
+    checks it). On CPU this is about 2x faster than packing, whose backward pass dominated bAbI training.
+    Padded positions output 0. The two directions are initialised like ``nn.LSTM(bidirectional=True)`` (the
+    same parameters drawn in the same order) and load its state dicts."""
+
     def __init__(self, input_size: int, hidden: int):
         super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden, batch_first=True, bidirectional=True)
+        self.forward_lstm = nn.LSTM(input_size, hidden, batch_first=True)
+        self.backward_lstm = nn.LSTM(input_size, hidden, batch_first=True)
+        self._register_load_state_dict_pre_hook(self._from_bidirectional)
+
+    @staticmethod
+    def _from_bidirectional(state_dict, prefix, *args):
+        """Read the keys of the former ``lstm = nn.LSTM(..., bidirectional=True)`` (cached ROAR chain models)."""
+        for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
+            name = key[len(prefix + "lstm."):]
+            if name.endswith("_reverse"):
+                state_dict[f"{prefix}backward_lstm.{name[: -len('_reverse')]}"] = state_dict.pop(key)
+            else:
+                state_dict[f"{prefix}forward_lstm.{name}"] = state_dict.pop(key)
 
     def forward(self, embedded: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
-        output, (final, _) = self.lstm(packed)
-        states, _ = pad_packed_sequence(output, batch_first=True, total_length=embedded.shape[1])
-        return states, torch.cat([final[0], final[1]], dim=-1)
+        lengths = mask.sum(1).clamp(min=1)
+        positions = torch.arange(embedded.shape[1], device=embedded.device)[None, :]
+        # position t of the reversed sequence is len-1-t of the original; padding stays where it is
+        reverse = torch.where(positions < lengths[:, None], lengths[:, None] - 1 - positions, positions)
+        last = (lengths - 1)[:, None, None]
+
+        def along_time(tensor, index):
+            return tensor.gather(1, index[:, :, None].expand(-1, -1, tensor.shape[-1]))
+
+        forward_states, _ = self.forward_lstm(embedded)
+        backward_states, _ = self.backward_lstm(along_time(embedded, reverse))
+        final = torch.cat([along_time(forward_states, last.squeeze(-1)), along_time(backward_states, last.squeeze(-1))], -1)
+        states = torch.cat([forward_states, along_time(backward_states, reverse)], -1) * mask[:, :, None]
+        return states, final.squeeze(1)
 
 
 class AdditiveAttention(nn.Module):
