@@ -126,10 +126,15 @@ def score_split(model, split: Split, measure: str, seed: int, device, batch_size
     """Importance of every position of every sequence of ``split`` (one array per sequence)."""
     generator = torch.Generator().manual_seed(seed)
     result: list[np.ndarray] = [None] * len(split)  # type: ignore[list-item]
+    gram = None
+    if measure == "gradient":  # E^T E once per split, not per batch
+        weight = model.embedding.weight.detach().float()
+        gram = weight.T @ weight
     for indices in _ordered(split, batch_size):
         batch = batches(split, indices, device)
         values = importance(model, batch["tokens"], batch["mask"], batch["labels"], measure, batch["questions"],
-                            batch["question_mask"], generator=generator, ig_steps=ig_steps, ig_variant=ig_variant)
+                            batch["question_mask"], generator=generator, ig_steps=ig_steps, ig_variant=ig_variant,
+                            gram=gram)
         values = values.detach().cpu().numpy()
         for row, index in enumerate(indices):
             result[index] = values[row, : len(split.tokens[index])]
