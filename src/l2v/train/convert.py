@@ -7,9 +7,12 @@ rerunning the command after an interruption continues where it stopped.
     output: runs/smollm2-l2v-unsup
     stages:
       mntp: {data: {train: ...}, steps: 300, ...}      # any training-config keys except stage/model/output
-      simcse: {data: {train: ...}, steps: 300, ...}
-      supervised: {...}                                  # optional; trained on top of MNTP, as in the paper
+      simcse: {data: {train: ...}, steps: 300, ...}      # simcse and/or supervised
+      supervised: {...}
     evaluate: {tasks: [sts], data: ../shared/data}       # optional
+
+Each stage trains a fresh LoRA on top of the merged adapters of the stages before it: supervised alone trains
+on MNTP (the paper's supervised recipe); with both, MNTP -> SimCSE -> supervised. The last stage is the encoder.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def load_convert_config(path: str | Path) -> dict:
         raise L2VError(f"{path}: stages needs mntp and at least one of simcse, supervised")
     configs = {}
     output = Path(values["output"])
+    below: list[str] = []  # the adapters every later stage trains on top of, merged in this order
     for stage in STAGES:
         if stage not in stages:
             continue
@@ -48,10 +52,11 @@ def load_convert_config(path: str | Path) -> dict:
         for reserved in ("stage", "model", "output", "adapters"):
             if reserved in stage_values:
                 raise L2VError(f"{path}: stages.{stage}.{reserved} is set by convert; remove it")
-        adapters = [] if stage == "mntp" else [str(output / "mntp" / "encoder" / "adapter")]
         configs[stage] = _build(TrainConfig, {**stage_values, "stage": stage, "model": values["model"],
-                                              "output": str(output / stage), "adapters": adapters}, f"stages.{stage}", str(path))
+                                              "output": str(output / stage), "adapters": list(below)}, f"stages.{stage}", str(path))
         validate(configs[stage], str(path), prefix=f"stages.{stage}.")
+        # MNTP -> SimCSE -> supervised: with both contrastive stages, supervised starts from MNTP + SimCSE
+        below.append(str(output / stage / "encoder" / "adapter"))
     evaluate = values.get("evaluate") or None
     if evaluate is not None:
         unknown = set(evaluate) - {"tasks", "data", "files"}
