@@ -133,7 +133,7 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
                 continue
             ks = sorted(complete[0][name])
             means = [np.mean([s[name][k] for s in complete]) for k in ks]
-            axis.plot(ks, means, marker="o", markersize=3, label=f"{name} ({len(complete)} seeds)",
+            axis.plot(ks, means, marker="o", markersize=3, label=f"{name} ({len(complete)} seed{'' if len(complete) == 1 else 's'})",
                       linestyle="--" if name == "random" else "-", color="black" if name == "random" else None)
         axis.set_title(f"{dataset}: mean over complete seeds")
         axis.set_xlabel("% of tokens masked")
