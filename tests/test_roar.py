@@ -238,6 +238,10 @@ def test_encoder_classifier_roar_micro_run(roar_data, tiny_llama_folder, tmp_pat
 
     encoder = Encoder.from_pretrained(str(tiny_llama_folder), attn_implementation="eager", max_length=32)
     data = sst_for_encoder(roar_data / "sst_trees", encoder, limit_train=120, limit_eval=40)
+    # a limited split is a seeded sample with both classes in it, not the split's first (nearly one-class) rows
+    for split in data.splits.values():
+        assert 0.2 < np.mean(split.labels) < 0.8
+    assert data.signature() == sst_for_encoder(roar_data / "sst_trees", encoder, limit_train=120, limit_eval=40).signature()
     backend = EncoderBackend(encoder, "tiny", ig_steps=3, mask_token="<s>")  # the tiny vocabulary has no "_"
     assert backend.mask_id == encoder.tokenizer.convert_tokens_to_ids("<s>")
     # gradients reach the input embeddings through the encoder, and attention is the last layer's
