@@ -35,7 +35,7 @@ def _close_process_group() -> None:
 def _run(action):
     """Run ``action`` turning every failure into one line (set L2V_DEBUG=1 for the traceback)."""
     try:
-        return _run_and_close(action)
+        return action()
     except typer.Exit:
         raise
     except L2VError as error:
@@ -47,11 +47,6 @@ def _run(action):
             raise
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
         _fail(f"{type(error).__name__}: {text} (set L2V_DEBUG=1 for the traceback)")
-
-
-def _run_and_close(action):
-    try:
-        return action()
     finally:
         _close_process_group()
 

