@@ -141,6 +141,30 @@ def test_paper_data_sizes(roar_data):
         assert babi.paired and len(babi.classes) == 6
 
 
+def test_limited_data_is_a_seeded_sample_in_file_order(roar_data):
+    """``limit`` (micro runs, ``--limit-*``) samples: SST's first 500 test sentences are 93 % one label."""
+    from l2v.roar.data import load
+
+    sst = load("sst", roar_data)
+    assert sst.splits["test"].labels[:500].mean() > 0.9 or sst.splits["test"].labels[:500].mean() < 0.1
+    small = sst.limit(300, 500)
+    assert {k: len(v) for k, v in small.splits.items()} == {"train": 300, "validation": 500, "test": 500}
+    assert 0.3 < small.splits["test"].labels.mean() < 0.7
+    assert small.signature() == sst.limit(300, 500).signature()  # seeded
+    assert sst.limit(None, None).signature() == sst.signature()
+    full = {tuple(t): i for i, t in enumerate(sst.splits["train"].tokens)}
+    positions = [full[tuple(t)] for t in small.splits["train"].tokens]
+    assert positions == sorted(positions)  # file order kept
+    babi = load("babi-1", roar_data)
+    sample = babi.splits["test"].sample(50)  # story, question and answer stay together
+    pairs = {(tuple(s), tuple(q)): y for s, q, y in zip(babi.splits["test"].tokens, babi.splits["test"].questions,
+                                                        babi.splits["test"].labels)}
+    assert all(pairs[(tuple(s), tuple(q))] == y for s, q, y in zip(sample.tokens, sample.questions, sample.labels))
+    copy = sst.splits["test"].sample(10_000)
+    copy.tokens[0] = [3]
+    assert sst.splits["test"].tokens[0] != [3]  # a copy, even when it keeps everything
+
+
 def test_bad_files_are_named(tmp_path):
     from l2v.errors import InputFileError
     from l2v.roar.data import read_babi, read_sst_trees
@@ -251,7 +275,7 @@ def test_encoder_classifier_roar_micro_run(roar_data, tiny_llama_folder, tmp_pat
     width = max(len(r) for r in rows)
     tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]).bool()
-    scores = backend.score(classifier, split.subset(3), "gradient", seed=0)
+    scores = backend.score(classifier, split.sample(3), "gradient", seed=0)
     assert all(np.isfinite(s).all() and (s > 0).any() for s in scores)
     classifier.want_attention = True
     _, alpha = classifier(tokens, mask)

@@ -79,14 +79,10 @@ def sst_for_encoder(folder, encoder, limit_train: int | None = None, limit_eval:
     budget = encoder.text_budget
     splits = {}
     for name, (texts, labels) in load_sst_texts(Path(folder)).items():
-        count = limit_train if name == "train" else limit_eval
-        if count and count < len(texts):
-            # a seeded sample, in file order: the first N of a split can be nearly one class (the first 500
-            # SST test sentences are 93 % one label), which made macro-F1 meaningless
-            keep = np.sort(np.random.default_rng(0).choice(len(texts), count, replace=False))
-            texts, labels = [texts[i] for i in keep], np.asarray(labels)[keep]
         ids = encoder.tokenizer(texts, add_special_tokens=False)["input_ids"]
         splits[name] = Split([row[:budget] or [encoder._placeholder_id] for row in ids], labels)
+    data = RoarData("sst", [], ["negative", "positive"], splits)
+    return data.limit(limit_train, limit_eval) if limit_train or limit_eval else data
     return RoarData("sst", [], ["negative", "positive"], splits)
 
 
