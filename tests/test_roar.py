@@ -270,12 +270,12 @@ def test_encoder_classifier_roar_micro_run(roar_data, tiny_llama_folder, tmp_pat
     assert backend.mask_id == encoder.tokenizer.convert_tokens_to_ids("<s>")
     # gradients reach the input embeddings through the encoder, and attention is the last layer's
     classifier = EncoderClassifier(encoder, 2)
-    split = data.splits["test"]
-    rows = split.tokens[:3]
+    split = data.splits["test"].sample(3)
+    rows = split.tokens
     width = max(len(r) for r in rows)
     tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]).bool()
-    scores = backend.score(classifier, split.sample(3), "gradient", seed=0)
+    scores = backend.score(classifier, split, "gradient", seed=0)
     assert all(np.isfinite(s).all() and (s > 0).any() for s in scores)
     classifier.want_attention = True
     _, alpha = classifier(tokens, mask)

@@ -83,7 +83,6 @@ def sst_for_encoder(folder, encoder, limit_train: int | None = None, limit_eval:
         splits[name] = Split([row[:budget] or [encoder._placeholder_id] for row in ids], labels)
     data = RoarData("sst", [], ["negative", "positive"], splits)
     return data.limit(limit_train, limit_eval) if limit_train or limit_eval else data
-    return RoarData("sst", [], ["negative", "positive"], splits)
 
 
 class EncoderBackend:
