@@ -1,9 +1,8 @@
 """Write a copy of a converted l2v model folder that transformers 4.44 (the official llm2vec 0.2.3 stack) reads.
 
 transformers 4.44 cannot read the GGUF quant types of the built-in models, and differs from 5.x in what it
-expects of a folder: ``rope_theta`` at the top of config.json, ``torch_dtype`` instead of ``dtype``,
-``PreTrainedTokenizerFast`` as tokenizer class with explicit ``model_input_names``, and BPE merges written as
-"a b" strings rather than pairs. The weights file is linked, not copied.
+expects of a folder (l2v.llm2vec_format.legacy_config / write_legacy_tokenizer: ``rope_theta`` at the top of
+config.json, ``torch_dtype``, the fast tokenizer class, BPE merges as "a b" strings). The weights are linked.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from l2v.llm2vec_format import legacy_config, read_json, write_legacy_tokenizer
+
 
 def write_legacy_folder(source: Path, target: Path) -> Path:
     source, target = Path(source), Path(target)
@@ -21,23 +22,8 @@ def write_legacy_folder(source: Path, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    config = json.loads((source / "config.json").read_text())
-    rope = config.get("rope_parameters") or {}
-    if "rope_theta" in rope:
-        config["rope_theta"] = rope["rope_theta"]
-    config.pop("rope_parameters", None)
-    if "dtype" in config:
-        config["torch_dtype"] = config.pop("dtype")
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = json.loads((source / "tokenizer.json").read_text())
-    merges = tokenizer.get("model", {}).get("merges")
-    if merges and isinstance(merges[0], list):
-        tokenizer["model"]["merges"] = [" ".join(pair) for pair in merges]
-    (tmp / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
-    tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
-    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    tokenizer_config["model_input_names"] = ["input_ids", "attention_mask"]
-    (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (tmp / "config.json").write_text(json.dumps(legacy_config(read_json(source / "config.json")), indent=2))
+    write_legacy_tokenizer(source, tmp)
     for name in os.listdir(source):
         if name.endswith(".safetensors") or name == "model.safetensors.index.json":
             os.symlink((source / name).resolve(), tmp / name)

@@ -69,7 +69,7 @@ def encode(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=2, help="tokens per text (default 512); longer texts are truncated"),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the embeddings"),
-    adapters: Optional[Path] = typer.Option(None, help="a peft LoRA adapter folder to apply"),
+    adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
     dtype: str = typer.Option("float32", help="compute dtype: float32, bfloat16, float16 (GPU), auto"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="attention direction (default: bidirectional)"),
@@ -91,7 +91,7 @@ def encode(
         if not texts:
             raise L2VError(f"{input}: no texts to encode (the file is empty)")
         encoder = Encoder.from_pretrained(
-            model, adapters=str(adapters) if adapters else None, pooling=pooling, max_length=max_length,
+            model, adapters=list(adapters or []) or None, pooling=pooling, max_length=max_length,
             dtype=dtype, device=device, bidirectional=bidirectional,
         )
         embeddings = encoder.encode(
@@ -114,6 +114,7 @@ def info(
     model: str = typer.Argument(..., help="built-in name, Hugging Face id, model folder or l2v encoder folder"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal"),
+    adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
 ):
     """Family, parameters, hidden size, whether bidirectional attention holds, where it loaded from."""
     _quiet_libraries()
@@ -121,7 +122,7 @@ def info(
     def action():
         from .encoder import Encoder
 
-        details = Encoder.from_pretrained(model, bidirectional=bidirectional).info()
+        details = Encoder.from_pretrained(model, adapters=list(adapters or []) or None, bidirectional=bidirectional).info()
         if as_json:
             typer.echo(json.dumps(details, indent=2))
             return
@@ -136,7 +137,7 @@ def info(
 
 @app.command()
 def models():
-    """List the built-in models and whether their weights are installed."""
+    """List the built-in models, the LLM2Vec authors' published encoders, and whether their weights are here."""
     import importlib.util
 
     from .registry import BASELINE_MODELS, BUILTIN_MODELS, TRAINED_ENCODERS, trained_encoder_folder
@@ -153,6 +154,14 @@ def models():
         installed = importlib.util.find_spec(baseline.package) is not None
         status = "installed" if installed else f"not installed: {baseline.install_command}"
         typer.echo(f"{baseline.name:<24} {baseline.description} (the encoder baseline); licence {baseline.licence}; {status}")
+    from .llm2vec_format import PUBLISHED, cache_status
+
+    typer.echo("\nThe LLM2Vec authors' encoders (Hugging Face hub; l2v loads them without their custom code):")
+    for published in PUBLISHED.values():
+        repos = published.checkpoint + (f" + {published.adapter}" if published.adapter else "")
+        gated = "gated: accept the licence on the hub and log in" if published.gated else "not gated"
+        typer.echo(f"{published.name:<32} {published.description}; {repos}; base {published.base}, licence "
+                   f"{published.licence} ({gated}); {cache_status(published)}")
 
 
 @app.command()
@@ -216,6 +225,7 @@ def evaluate(
     probe_layer: int = typer.Option(-1, help="word-level probes: which hidden layer (-1 = last)"),
     probe_subword: str = typer.Option("mean", help="word-level probes: 'mean' of a word's sub-tokens or its 'first'"),
     probe_read_previous: bool = typer.Option(False, "--probe-read-previous", help="read each word from the previous position (MNTP models)"),
+    adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="peft LoRA adapters (folders or Hugging Face ids) for every l2v model evaluated (per model: NAME@adapters=A)"),
 ):
     """Evaluate one or more encoders on MTEB-style tasks and word-level probes; write JSON, markdown and a PNG."""
     _quiet_libraries()
@@ -238,7 +248,8 @@ def evaluate(
         selected = select_tasks(names, data, list(file or []), options)
         cache_folder = None if no_cache else (cache or cache_dir() / "embeddings")
         records = run_evaluation(chosen, selected, output, cache_dir=cache_folder, instructions=instructions,
-                                 batch_size=batch_size, log=lambda line: typer.echo(line, err=True))
+                                 batch_size=batch_size, log=lambda line: typer.echo(line, err=True),
+                                 **({"adapters": list(adapters)} if adapters else {}))
         from .evaluate.report import markdown_table
 
         typer.echo(markdown_table(records))
@@ -324,15 +335,15 @@ def _parse_prompts(values: list[str]) -> dict[str, str]:
 def export(
     model: str = typer.Argument(..., help="built-in name, Hugging Face id, model folder or l2v encoder folder"),
     output: Path = typer.Option(..., "--output", "-o", help="the folder to write (must not exist unless --overwrite)"),
-    format: str = typer.Option("sentence-transformers", "--format", help="sentence-transformers or hf"),
+    format: str = typer.Option("sentence-transformers", "--format", help="sentence-transformers, hf, or llm2vec (a folder the official llm2vec package loads)"),
     prompt: list[str] = typer.Option([], "--prompt", help="NAME=INSTRUCTION, a sentence-transformers prompt (repeatable)"),
     default_prompt: Optional[str] = typer.Option(None, "--default-prompt", help="the prompt applied when none is named"),
-    adapters: Optional[Path] = typer.Option(None, help="a peft LoRA adapter folder to merge in"),
+    adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
     pooling: Optional[str] = typer.Option(None, help="override the pooling"),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=2),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing folder"),
 ):
-    """Write merged safetensors weights as a sentence-transformers folder or a plain Hugging Face folder."""
+    """Write merged safetensors weights as a sentence-transformers folder, a plain Hugging Face folder, or an llm2vec folder."""
     _quiet_libraries()
 
     def action():
@@ -345,10 +356,11 @@ def export(
         prompts = _parse_prompts(prompt)
         if output.exists() and not overwrite:
             raise L2VError(f"{output} already exists (pass --overwrite to replace it)")
-        encoder = Encoder.from_pretrained(model, adapters=str(adapters) if adapters else None, pooling=pooling, max_length=max_length)
+        encoder = Encoder.from_pretrained(model, adapters=list(adapters or []) or None, pooling=pooling, max_length=max_length)
         run_export(encoder, output, format=format, prompts=prompts, default_prompt_name=default_prompt, overwrite=overwrite)
-        how = (f"SentenceTransformer({str(output)!r}, trust_remote_code=True)" if format == "sentence-transformers"
-               else f"l2v.Encoder.from_pretrained({str(output)!r})")
+        how = {"sentence-transformers": f"SentenceTransformer({str(output)!r}, trust_remote_code=True)",
+               "llm2vec": f"llm2vec.LLM2Vec.from_pretrained({str(output)!r}) or l2v.Encoder.from_pretrained({str(output)!r})",
+               }.get(format, f"l2v.Encoder.from_pretrained({str(output)!r})")
         typer.echo(f"wrote {output} (load it with {how})", err=True)
 
     _run(action)
@@ -372,6 +384,7 @@ def serve(
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="expose Prometheus /metrics"),
     dtype: str = typer.Option("float32", help="compute dtype: float32, bfloat16, float16 (GPU), auto"),
     device: Optional[str] = typer.Option(None),
+    adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
 ):
     """Serve embeddings over HTTP, compatible with the OpenAI embeddings API (POST /v1/embeddings)."""
     _quiet_libraries()
@@ -383,7 +396,7 @@ def serve(
 
         if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
-        encoder = Encoder.from_pretrained(model, max_length=max_length, dtype=dtype, device=device)
+        encoder = Encoder.from_pretrained(model, adapters=list(adapters or []) or None, max_length=max_length, dtype=dtype, device=device)
         settings = ServerSettings(model_name=served_name or model, api_key=api_key, max_texts_per_request=max_texts,
                                   max_chars_per_text=max_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens,
                                   batching=batching, request_timeout=request_timeout, truncate=truncate, metrics=metrics)

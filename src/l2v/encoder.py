@@ -31,6 +31,7 @@ POOLING_WEIGHTS = "pooling.safetensors"
 ADAPTER_DIR = "adapter"
 PRECISIONS = ("float32", "float16", "int8", "binary", "ubinary")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TEXT_FORMATS = ("l2v", "llm2vec")
 
 
 @dataclass
@@ -45,6 +46,12 @@ class EncoderConfig:
     instruction_format: str = "{instruction}"  # applied to each instruction before tokenising it
     adapters: str | None = None  # sub-folder with peft LoRA adapters, if any
     merged_adapters: list[str] = field(default_factory=list)  # sub-folders merged into the base first, in order
+    # "l2v": instruction and text tokenised apart, ids concatenated; "llm2vec": the official package's text
+    # preparation (chat template by checkpoint name, separator, document cut), see l2v.llm2vec_format
+    text_format: str = "l2v"
+    llm2vec_name_or_path: str | None = None  # llm2vec format: the checkpoint name its chat template is keyed on
+    doc_max_length: int = 400  # llm2vec format: a text over this many tokens is first cut by words
+    skip_instruction: bool = True  # llm2vec format: pool the text part only (False: every token)
     l2v_version: str = __version__
 
     @classmethod
@@ -58,6 +65,8 @@ class EncoderConfig:
             raise L2VError(f"{path}: unknown keys {sorted(unknown)}")
         if "base_model" not in data:
             raise L2VError(f"{path}: missing 'base_model'")
+        if data.get("text_format", "l2v") not in TEXT_FORMATS:
+            raise L2VError(f"{path}: text_format must be one of {', '.join(TEXT_FORMATS)}, got {data['text_format']!r}")
         return cls(**data)
 
 
@@ -95,6 +104,7 @@ class Encoder(torch.nn.Module):
         self.pooling = pooling if pooling is not None else build_pooling(config.pooling, hidden_size, config.pooling_options)
         self.padding_side = "right"
         self.merged_adapter_folders: list[Path] = []  # adapters folded into the backbone at load, saved with it
+        self.adapter_folders: list[Path] = []  # every adapter folder loaded, in order (merged ones first)
         self.last_truncated = 0  # how many texts the last encode()/tokenize() call truncated
         self.last_encoded = 0  # how many distinct inputs the last encode() ran through the model
         self._instruction_cache: dict[str, list[int]] = {}
@@ -119,37 +129,96 @@ class Encoder(torch.nn.Module):
         instruction_format: str | None = None,
         verify_bidirectional: bool = True,
         trust_remote_code: bool = False,
+        text_format: str | None = None,
+        doc_max_length: int | None = None,
+        skip_instruction: bool | None = None,
     ) -> "Encoder":
-        """Load a built-in name, a Hugging Face id or folder, or a saved l2v encoder folder.
+        """Load a built-in name, a Hugging Face id or folder, a saved l2v encoder folder, or a checkpoint in the
+        official llm2vec layout (e.g. ``McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp``: its MNTP LoRA is merged
+        into the base it names, and its text preparation is the official one).
 
-        Arguments left at ``None`` take the saved encoder's value, else the defaults (mean pooling, 512 tokens,
-        bidirectional). ``adapters`` is a peft LoRA folder applied on top (``merge_adapters`` folds it in).
+        Arguments left at ``None`` take the saved encoder's value (for an llm2vec checkpoint, its
+        ``llm2vec_config.json``), else the defaults (mean pooling, 512 tokens, bidirectional). ``adapters`` are peft
+        LoRA folders or hub ids applied on top, the last one unmerged unless ``merge_adapters``.
         """
         from transformers import AutoModel, AutoTokenizer
 
-        saved = None
+        from . import llm2vec_format
+
+        user_adapters = [] if adapters is None else ([adapters] if isinstance(adapters, (str, Path)) else list(adapters))
+        published = llm2vec_format.PUBLISHED.get(model) if isinstance(model, str) else None
+        if published is not None:
+            model = published.checkpoint
+            user_adapters = ([published.adapter] if published.adapter else []) + user_adapters
+        saved = checkpoint = None
         resolved = resolve(model)
+        if not Path(resolved.location).is_dir() and llm2vec_format.hub_has_adapter(str(model)):
+            resolved.location, resolved.local_files_only = str(llm2vec_format.fetch_adapter_repo(str(model), checkpoint=True)), True
         folder = Path(resolved.location)
+        adapter_folders: list[Path] = []
         if (folder / CONFIG_NAME).exists():
             saved = EncoderConfig.from_file(folder / CONFIG_NAME)
-        if saved is not None and saved.base_model != ".":
+        elif folder.is_dir() and llm2vec_format.is_checkpoint(folder):
+            checkpoint = llm2vec_format.read_checkpoint(folder)
+        if checkpoint is not None:
+            try:
+                base = resolve(checkpoint.base)
+            except ModelNotFoundError as error:
+                raise ModelNotFoundError(f"{folder / 'adapter_config.json'} names base model {checkpoint.base!r}, which cannot be "
+                                         f"loaded: {error}") from None
+            weights_location, local_only = base.location, base.local_files_only
+            source = f"llm2vec checkpoint {model} on {base.source}"
+            tokenizer_location = folder if (folder / "tokenizer_config.json").exists() else weights_location
+            adapter_folders.append(folder)
+            base_model = base.location if base.builtin is None else checkpoint.base
+        elif saved is not None and saved.base_model != ".":
             base = resolve(saved.base_model)
             weights_location, local_only, source = base.location, base.local_files_only, f"{resolved.source} on {base.source}"
+            tokenizer_location, base_model = weights_location, saved.base_model
         else:
             weights_location, local_only, source = resolved.location, resolved.local_files_only, resolved.source
+            tokenizer_location = folder if saved is not None else weights_location
+            base_model = saved.base_model if saved else (resolved.location if resolved.builtin is None else str(model))
+        if saved is not None:
+            adapter_folders += [folder / sub for sub in saved.merged_adapters]
+            if saved.adapters:
+                adapter_folders.append(folder / saved.adapters)
+        adapter_folders += [_adapter_folder(a) for a in user_adapters]
+        # llm2vec_config.json: in the second adapter's folder when there is one, else in the checkpoint (as llm2vec)
+        options = {}
+        if checkpoint is not None:
+            options = llm2vec_format.read_options(adapter_folders[1]) if len(adapter_folders) > 1 else checkpoint.options
+        default = saved if saved is not None else EncoderConfig(
+            base_model=base_model,
+            pooling=options.get("pooling_mode", "mean"),
+            max_length=options.get("max_length", 512),
+            text_format="llm2vec" if checkpoint is not None else "l2v",
+            llm2vec_name_or_path=checkpoint.name_or_path if checkpoint is not None else None,
+            doc_max_length=options.get("doc_max_length", 400),
+            skip_instruction=options.get("skip_instruction", True),
+        )
+        chosen_pooling = canonical_pooling(pooling or default.pooling)
         config = EncoderConfig(
-            base_model=saved.base_model if saved else (resolved.location if resolved.builtin is None else str(model)),
-            pooling=canonical_pooling(pooling or (saved.pooling if saved else "mean")),
+            base_model=base_model,
+            pooling=chosen_pooling,
             pooling_options=dict(pooling_options if pooling_options is not None else
-                                 (saved.pooling_options if saved and canonical_pooling(pooling or saved.pooling) == saved.pooling else {})),
-            bidirectional=bool(bidirectional if bidirectional is not None else (saved.bidirectional if saved else True)),
-            max_length=int(max_length or (saved.max_length if saved else 512)),
-            instruction_format=instruction_format or (saved.instruction_format if saved else "{instruction}"),
+                                 (default.pooling_options if chosen_pooling == default.pooling else {})),
+            bidirectional=bool(bidirectional if bidirectional is not None else default.bidirectional),
+            max_length=int(max_length or default.max_length),
+            instruction_format=instruction_format or default.instruction_format,
+            text_format=text_format or default.text_format,
+            llm2vec_name_or_path=default.llm2vec_name_or_path,
+            doc_max_length=int(doc_max_length or default.doc_max_length),
+            skip_instruction=bool(skip_instruction if skip_instruction is not None else default.skip_instruction),
         )
         if config.max_length < 2:
             raise L2VError(f"max_length must be at least 2, got {config.max_length}")
+        if config.doc_max_length < 1:
+            raise L2VError(f"doc_max_length must be at least 1, got {config.doc_max_length}")
         if "{instruction}" not in config.instruction_format:
             raise L2VError(f"instruction_format must contain '{{instruction}}', got {config.instruction_format!r}")
+        if config.text_format not in TEXT_FORMATS:
+            raise L2VError(f"text_format must be one of {', '.join(TEXT_FORMATS)}, got {config.text_format!r}")
         torch_dtype, device = _choose_dtype_and_device(dtype, device)
         load_kwargs = dict(dtype=torch_dtype, local_files_only=local_only, trust_remote_code=trust_remote_code)
         if attn_implementation:
@@ -160,29 +229,23 @@ class Encoder(torch.nn.Module):
         hf_logging.set_verbosity_error()  # the LM head a backbone does not use is expected, not news
         hf_logging.disable_progress_bar()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                weights_location if saved is None or saved.base_model != "." else folder,
-                local_files_only=local_only,
-                trust_remote_code=trust_remote_code,
-            )
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, local_files_only=local_only or Path(tokenizer_location).is_dir(),
+                                                      trust_remote_code=trust_remote_code)
             backbone = AutoModel.from_pretrained(weights_location, **load_kwargs)
         except OSError as error:
+            gated = llm2vec_format.gated_message(str(weights_location), error, folder if checkpoint is not None else None)
+            if gated:
+                raise ModelNotFoundError(gated) from None
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelNotFoundError(f"cannot load model {model!r} from {source}: {first_line}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
-        adapter_folders = []
-        if saved is not None:
-            adapter_folders += [folder / sub for sub in saved.merged_adapters]
-            if saved.adapters:
-                adapter_folders.append(folder / saved.adapters)
-        if adapters:
-            adapter_folders += [Path(a) for a in ([adapters] if isinstance(adapters, (str, Path)) else adapters)]
         merged_folders = []
         for index, adapter_folder in enumerate(adapter_folders):
-            merge = merge_adapters or index < len(adapter_folders) - 1
-            backbone = _apply_adapters(backbone, adapter_folder, merge=merge)
+            # an llm2vec checkpoint's MNTP LoRA is part of its base: always merged, as the official loader does
+            merge = merge_adapters or index < len(adapter_folders) - 1 or (checkpoint is not None and index == 0)
+            backbone = apply_adapters(backbone, adapter_folder, merge=merge)
             if merge:
                 merged_folders.append(adapter_folder)
         backbone.to(device)
@@ -201,6 +264,7 @@ class Encoder(torch.nn.Module):
         pooling_module.to(device=device)
         encoder = cls(backbone, tokenizer, config, pooling_module, source=source)
         encoder.merged_adapter_folders = merged_folders
+        encoder.adapter_folders = list(adapter_folders)
         encoder.eval()
         return encoder
 
@@ -209,6 +273,8 @@ class Encoder(torch.nn.Module):
         """The tokenizer's special tokens around a text, plus BOS/EOS where the pooling reads that token."""
         tokenizer = self.tokenizer
         prefix, suffix = special_tokens(tokenizer)
+        if self.config.text_format == "llm2vec":  # the official text preparation places BOS/EOS itself
+            return prefix, suffix
         if self.config.pooling == "bos_token":
             if tokenizer.bos_token_id is None:
                 raise L2VError("pooling 'bos_token' needs a tokenizer with a BOS token; this one has none")
@@ -247,6 +313,8 @@ class Encoder(torch.nn.Module):
         """Tokenise texts or ``(instruction, text)`` pairs. Instruction and text are tokenised separately and their
         ids concatenated, so the pooling mask is exact: no separator string, no re-tokenising."""
         pairs = _normalise_items(items, instruction)
+        if self.config.text_format == "llm2vec":
+            return self._tokenize_llm2vec(pairs)
         texts = [text for _, text in pairs]
         text_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         budget = self.text_budget
@@ -265,6 +333,18 @@ class Encoder(torch.nn.Module):
             item.truncated = cut
             result.append(item)
         self.last_truncated = truncated
+        return result
+
+    def _tokenize_llm2vec(self, pairs: list[tuple[str, str]]) -> list[Tokenized]:
+        """The official llm2vec package's layout of each text encoded alone (l2v.llm2vec_format)."""
+        from .llm2vec_format import layout
+
+        config = self.config
+        laid_out = layout(pairs, self.tokenizer, name_or_path=config.llm2vec_name_or_path, pooling=config.pooling,
+                          family=model_family(self.model), max_length=config.max_length,
+                          doc_max_length=config.doc_max_length, skip_instruction=config.skip_instruction)
+        result = [Tokenized(ids, mask, truncated) for ids, mask, truncated in laid_out]
+        self.last_truncated = sum(item.truncated for item in result)
         return result
 
     def collate(self, batch: Sequence[Tokenized], padding_side: str | None = None) -> dict[str, torch.Tensor]:
@@ -543,15 +623,48 @@ def _quantize(embeddings: np.ndarray, precision: str, normalized: bool, ranges) 
     return (packed.astype(np.int16) - 128).astype(np.int8)
 
 
-def _apply_adapters(backbone, folder: Path, merge: bool):
+def apply_adapters(backbone, folder: Path, merge: bool):
+    """Wrap ``backbone`` in the peft LoRA of ``folder`` (safetensors only), merged into its weights if ``merge``."""
     from peft import PeftModel
 
+    folder = Path(folder)
     if not (folder / "adapter_config.json").exists():
         raise ModelNotFoundError(f"adapter folder {folder} has no adapter_config.json")
     if (folder / "adapter_model.bin").exists() and not (folder / "adapter_model.safetensors").exists():
         raise L2VError(f"{folder}: adapters are stored as a pickle (adapter_model.bin); l2v loads safetensors only")
-    model = PeftModel.from_pretrained(backbone, str(folder))
+    if not (folder / "adapter_model.safetensors").exists():
+        raise ModelNotFoundError(f"adapter folder {folder} has no adapter_model.safetensors")
+    try:
+        model = PeftModel.from_pretrained(backbone, str(folder))
+    except RuntimeError as error:
+        if "size mismatch" not in str(error):
+            raise
+        shapes = [line.strip() for line in str(error).splitlines() if "size mismatch" in line][:1]
+        raise L2VError(f"{folder}: the adapter does not fit this base model ({type(backbone).__name__}, hidden size "
+                       f"{_hidden_size(backbone)}); it was trained for another base ({'; '.join(shapes)})") from None
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+        stored = set(handle.keys())
+    unused = sorted(stored - set(get_peft_model_state_dict(model).keys()))
+    if unused:  # peft only warns: the adapter would silently not apply
+        raise L2VError(f"{folder}: {len(unused)} of the adapter's {len(stored)} weights match no module of this base model "
+                       f"({type(backbone).__name__}), e.g. {unused[0]!r}; it was saved for another model structure")
     return model.merge_and_unload() if merge else model
+
+
+def _adapter_folder(spec: str | Path) -> Path:
+    """A local adapter folder, or a Hugging Face hub adapter repo fetched (safetensors and configs only)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    text = str(spec)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        from .llm2vec_format import fetch_adapter_repo
+
+        return fetch_adapter_repo(text)
+    raise ModelNotFoundError(f"adapter folder not found: {spec}")
 
 
 class _plain_configs:

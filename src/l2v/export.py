@@ -29,7 +29,7 @@ from .encoder import CONFIG_NAME, Encoder
 from .errors import L2VError
 from .fileio import atomic_dir
 
-FORMATS = ("sentence-transformers", "hf")
+FORMATS = ("sentence-transformers", "hf", "llm2vec")
 MODULE_TYPE = "l2v.export.SentenceTransformerModule"
 
 
@@ -104,10 +104,39 @@ def _write_encoder_files(encoder: Encoder, folder: Path) -> None:
             shutil.move(str(item), str(target))
 
 
+def _to_llm2vec(encoder: Encoder, folder: Path) -> None:
+    """Make a saved full-weights folder one that ``llm2vec.LLM2Vec.from_pretrained(folder)`` (0.2.3, transformers 4.4x)
+    loads with this encoder's embeddings: config.json in the 4.4x form with the checkpoint name its chat template is
+    keyed on, tokenizer files it reads, ``llm2vec_config.json``; l2v's own config switches to the llm2vec text
+    preparation, so l2v and llm2vec lay out every text (instructions included) the same way."""
+    from .llm2vec_format import LLM2VEC_CONFIG, legacy_config, options_of, read_json, write_legacy_tokenizer
+
+    config = encoder.config
+    name = config.llm2vec_name_or_path or f"l2v/{Path(str(config.base_model)).name}"
+    (folder / "config.json").write_text(json.dumps(legacy_config(read_json(folder / "config.json"), name), indent=2) + "\n",
+                                        encoding="utf-8")
+    write_legacy_tokenizer(folder, folder)
+    (folder / LLM2VEC_CONFIG).write_text(json.dumps(options_of(encoder), indent=4) + "\n", encoding="utf-8")
+    saved = read_json(folder / CONFIG_NAME)
+    saved.update(text_format="llm2vec", llm2vec_name_or_path=name)
+    (folder / CONFIG_NAME).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+    if config.text_format != "llm2vec":
+        import warnings
+
+        from .encoder import special_tokens
+
+        plain = ("texts without instructions keep their embeddings" if not special_tokens(encoder.tokenizer)[1] else
+                 "this tokenizer appends a special token, so llm2vec's pooled span is shifted by it for every text")
+        warnings.warn("the llm2vec folder uses llm2vec's text preparation (an instruction is joined to its text by a space "
+                      f"and tokenised with it, the pooled span counted from the end): {plain}; texts with instructions "
+                      "can differ slightly from this encoder's l2v layout", stacklevel=3)
+
+
 def export(encoder: Encoder, output: str | Path, format: str = "sentence-transformers",
            prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
            overwrite: bool = False) -> Path:
-    """Write ``encoder`` to ``output`` (atomically) as ``format``: ``sentence-transformers`` or ``hf``.
+    """Write ``encoder`` to ``output`` (atomically) as ``format``: ``sentence-transformers``, ``hf`` or ``llm2vec`` (a
+    folder the official llm2vec package loads with ``LLM2Vec.from_pretrained(folder)``).
 
     ``prompts`` maps names to instructions (sentence-transformers prompts, e.g. ``{"query": "Retrieve ..."}``);
     ``default_prompt_name`` picks the one applied when ``encode`` is called without ``prompt_name``.
@@ -120,11 +149,17 @@ def export(encoder: Encoder, output: str | Path, format: str = "sentence-transfo
             raise L2VError(f"prompt {name!r}: names and instructions must be non-empty strings")
     if default_prompt_name is not None and default_prompt_name not in prompts:
         raise L2VError(f"default prompt {default_prompt_name!r} is not one of the prompts: {', '.join(prompts) or 'none given'}")
-    if format == "hf" and prompts:
-        raise L2VError("prompts belong to the sentence-transformers format; --format hf has no place for them")
+    if format != "sentence-transformers" and prompts:
+        raise L2VError(f"prompts belong to the sentence-transformers format; --format {format} has no place for them")
+    if format == "llm2vec":
+        from .llm2vec_format import check_exportable
+
+        check_exportable(encoder)
     output = Path(output)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         encoder.save(tmp, merge_adapters=True, save_base_weights=True, overwrite=True)
+        if format == "llm2vec":
+            _to_llm2vec(encoder, tmp)
         if format == "sentence-transformers":
             modules = [
                 {"idx": 0, "name": "0", "path": "", "type": MODULE_TYPE},

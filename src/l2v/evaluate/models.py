@@ -44,13 +44,15 @@ class EvalModel:
 
     @classmethod
     def load(cls, model: str, cache_dir: str | Path | None = None, batch_size: int = 32, **encoder_kwargs) -> "EvalModel":
-        resolved = resolve(model)
+        from ..llm2vec_format import PUBLISHED
+
+        resolved = resolve(PUBLISHED[model].checkpoint if model in PUBLISHED else model)
         folder = Path(resolved.location)
         cache = EmbeddingCache(cache_dir) if cache_dir else None
         if resolved.kind == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
-            options = sorted(k for k, v in encoder_kwargs.items() if v is not None and k in ("bidirectional", "pooling", "max_length"))
+            options = sorted(k for k, v in encoder_kwargs.items() if v is not None and k in ("bidirectional", "pooling", "max_length", "adapters"))
             if options:
                 raise L2VError(f"model {model!r} is a sentence-transformers model: l2v options ({', '.join(options)}) do not apply to it")
 
@@ -59,8 +61,6 @@ class EvalModel:
             kind = "sentence-transformers"
         else:
             backend = Encoder.from_pretrained(model, **encoder_kwargs)
-            adapters = encoder_kwargs.get("adapters")
-            adapter_list = [adapters] if isinstance(adapters, (str, Path)) else list(adapters or [])
             base = backend.config.base_model
             base_folder = Path(resolve(base).location) if base not in (".", str(model)) else None
             description = {
@@ -69,7 +69,7 @@ class EvalModel:
                 "source": backend.source if resolved.builtin is None else resolved.builtin.gguf_sha256,
                 "weights": weights_signature(folder) if resolved.builtin is None else [],
                 "base_weights": weights_signature(base_folder) if base_folder is not None else [],
-                "adapter_weights": [weights_signature(Path(a)) for a in adapter_list],
+                "adapter_weights": [weights_signature(a) for a in backend.adapter_folders],
                 "hub_revision": _hub_revision(folder) if resolved.builtin is None and not folder.exists() else None,
                 "dtype": str(next(backend.model.parameters()).dtype),
                 "adapters": encoder_kwargs.get("adapters"),

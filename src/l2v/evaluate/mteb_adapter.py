@@ -2,8 +2,9 @@
 
 Implements mteb's encoder protocol: ``encode(inputs, *, task_metadata, hf_split, hf_subset, prompt_type)``,
 ``similarity``, ``similarity_pairwise`` and ``mteb_model_meta``. Instructions go through l2v's instruction
-mechanism (attended to, not pooled): from ``instructions[task name]``, else the task's own prompt in mteb's
-metadata; for retrieval only queries get one, documents never do.
+mechanism (attended to, not pooled): from ``instructions[task name]`` (by default the LLM2Vec authors' list for
+the 56 MTEB tasks they evaluated, l2v/data/llm2vec_mteb_instructions.json; the caller's entries win), else the
+task's own prompt in mteb's metadata; for retrieval only queries get one, documents never do.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from ..encoder import Encoder
 class L2VMtebEncoder:
     def __init__(self, model_name: str | Encoder, revision: str | None = None, *, device: str | None = None,
                  instructions: dict[str, str] | None = None, use_task_prompts: bool = True, batch_size: int = 32,
-                 **encoder_kwargs: Any) -> None:
+                 use_llm2vec_instructions: bool = True, **encoder_kwargs: Any) -> None:
         if isinstance(model_name, Encoder):
             self.encoder, self.name = model_name, model_name.config.base_model
         else:
             self.encoder = Encoder.from_pretrained(model_name, device=device, **encoder_kwargs)
             self.name = str(model_name)
         self.revision = revision
-        self.instructions = dict(instructions or {})
+        from ..llm2vec_format import mteb_instructions
+
+        # The LLM2Vec authors' instruction for each task they evaluated (queries and symmetric tasks), then the
+        # caller's, which win.
+        self.instructions = {**(mteb_instructions() if use_llm2vec_instructions else {}), **dict(instructions or {})}
         self.use_task_prompts = use_task_prompts
         self.batch_size = batch_size
         self._meta = None

@@ -14,7 +14,7 @@ from .tasks import Task
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
-    """``NAME[@option,option=value]``: options causal, bidirectional, pooling=P, max_length=N."""
+    """``NAME[@option,option=value]``: options causal, bidirectional, pooling=P, max_length=N, adapters=A (repeatable)."""
     name, _, options = spec.partition("@")
     kwargs: dict = {}
     for option in filter(None, options.split(",")):
@@ -27,8 +27,11 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
             kwargs["pooling"] = value
         elif key == "max_length" and value.isdigit():
             kwargs["max_length"] = int(value)
+        elif key == "adapters" and value:
+            kwargs.setdefault("adapters", []).append(value)
         else:
-            raise L2VError(f"model {spec!r}: unknown option {option!r} (use causal, bidirectional, pooling=P, max_length=N)")
+            raise L2VError(f"model {spec!r}: unknown option {option!r} (use causal, bidirectional, pooling=P, max_length=N, "
+                           "adapters=FOLDER_OR_HUB_ID)")
     return name, kwargs
 
 
@@ -45,7 +48,10 @@ def run_evaluation(models: list[str], tasks: list[Task], output: Path, cache_dir
     loaded = []
     for spec in models:
         name, spec_kwargs = parse_model_spec(spec)
-        loaded.append((spec, EvalModel.load(name, cache_dir=cache_dir, batch_size=batch_size, **{**encoder_kwargs, **spec_kwargs})))
+        kwargs = {**encoder_kwargs, **spec_kwargs}
+        if "adapters" in encoder_kwargs and "adapters" in spec_kwargs:
+            kwargs["adapters"] = list(encoder_kwargs["adapters"]) + list(spec_kwargs["adapters"])
+        loaded.append((spec, EvalModel.load(name, cache_dir=cache_dir, batch_size=batch_size, **kwargs)))
     # task-major: with several models, every model finishes a task before the next task starts
     for task in tasks:
         for spec, model in loaded:

@@ -17,19 +17,20 @@ from .word_level import evaluate_word_level
 
 FAMILIES = ("sts", "classification", "pair_classification", "retrieval", "clustering", "word_level")
 
-# Instructions used with --instructions (the LLM2Vec paper's MTEB instructions where it has one for the task).
+# Tasks of the suite that MTEB has under another name: --instructions gives them the LLM2Vec authors' instruction
+# for that MTEB task (l2v/data/llm2vec_mteb_instructions.json).
+MTEB_NAMES = {"stsb": "STSBenchmark", "sickr": "SICK-R", "scifact": "SciFact", "emotion": "EmotionClassification"}
+# Instructions for the other tasks, in the same style (the authors' list has none for them).
 INSTRUCTIONS = {
-    "sts": "Retrieve semantically similar text",
-    "pair_classification": "Retrieve text that is semantically similar to the given text",
-    "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
-    "sst2": "Classify the sentiment expressed in the given movie review text",
-    "sst5": "Classify the sentiment expressed in the given movie review text",
-    "mr": "Classify the sentiment expressed in the given movie review text",
-    "cr": "Classify the sentiment expressed in the given customer review",
-    "subj": "Classify the given sentence as subjective or objective",
-    "mpqa": "Classify the opinion polarity of the given phrase",
-    "trec": "Classify the type of answer the given question asks for",
-    "emotion": "Classify the emotion expressed in the given Twitter message into one of the six emotions: anger, fear, joy, love, sadness, and surprise",
+    "sts": "Retrieve semantically similar text:",
+    "pair_classification": "Retrieve text that is semantically similar to the given text:",
+    "sst2": "Classify the sentiment expressed in the given movie review text:",
+    "sst5": "Classify the sentiment expressed in the given movie review text:",
+    "mr": "Classify the sentiment expressed in the given movie review text:",
+    "cr": "Classify the sentiment expressed in the given customer review:",
+    "subj": "Classify the given sentence as subjective or objective:",
+    "mpqa": "Classify the opinion polarity of the given phrase:",
+    "trec": "Classify the type of answer the given question asks for:",
 }
 
 
@@ -83,7 +84,10 @@ class Task:
     def instruction(self, enabled: bool) -> str:
         if not enabled:
             return ""
-        return INSTRUCTIONS.get(self.instruction_key) or INSTRUCTIONS.get(self.name) or INSTRUCTIONS.get(self.family, "")
+        from ..llm2vec_format import mteb_instructions
+
+        authors = mteb_instructions().get(MTEB_NAMES.get(self.instruction_key) or MTEB_NAMES.get(self.name, ""))
+        return authors or INSTRUCTIONS.get(self.instruction_key) or INSTRUCTIONS.get(self.name) or INSTRUCTIONS.get(self.family, "")
 
 
 @dataclass

@@ -156,7 +156,7 @@ class Stage:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..bidirectional import model_family, set_attention
-        from ..encoder import DTYPES, Encoder, EncoderConfig, _apply_adapters
+        from ..encoder import DTYPES, Encoder, EncoderConfig, apply_adapters
         from ..pooling import build_pooling
         from ..registry import resolve
         from .mntp import mask_token_id
@@ -168,7 +168,7 @@ class Stage:
         lm.to(self._device())
         backbone = lm.get_decoder()
         for folder in config.adapters:
-            backbone = _apply_adapters(backbone, Path(folder), merge=True)
+            backbone = apply_adapters(backbone, Path(folder), merge=True)
         set_attention(backbone, True)
         tokenizer = AutoTokenizer.from_pretrained(resolved.location, local_files_only=resolved.local_files_only)
         if tokenizer.pad_token_id is None:
