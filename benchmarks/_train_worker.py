@@ -7,7 +7,7 @@ libraries see the very same inputs. The official side is set up the way its expe
 run_simcse.py do it: ``LlamaBiForMNTP`` (a full-vocabulary LM head over every position, loss with the causal
 shift) and ``LLM2Vec`` (left padding, two forward passes, ``HardNegativeNLLLoss`` at scale 20 = 1/0.05),
 LoRA r=16, alpha=32, dropout 0.05 on all attention and MLP projections of the inner model (initialize_peft),
-attention dropout 0.3 for SimCSE. l2v runs its own training stage (``l2v.train.runner.Stage``).
+attention dropout 0.3 for SimCSE. l2v runs its own training objective (``l2v.train.runner.load_objective``).
 
 Prints one JSON line: the loss with dropout off (the same weights, so it must agree across libraries), the
 per-step seconds (one warm-up step, then STEPS timed steps of forward + backward + AdamW), peak RSS.
@@ -71,7 +71,7 @@ def official(stage: str, folder: str, batch: dict):
 def l2v(stage: str, folder: str, batch: dict):
     from l2v.encoder import Tokenized
     from l2v.train.config import load_config
-    from l2v.train.runner import Stage
+    from l2v.train.runner import load_objective
 
     scratch = Path(tempfile.mkdtemp(prefix="l2v-train-bench-"))
     (scratch / "texts.txt").write_text("placeholder text\n" * 4)
@@ -81,7 +81,8 @@ def l2v(stage: str, folder: str, batch: dict):
         f"max_length: {batch['max_length']}\nbatch_size: 1\nsteps: 1\nlearning_rate: 5.0e-5\n"
         f"lora: {{r: 16, alpha: 32, dropout: 0.05}}\n{extra}")
     config = load_config(scratch / "config.yaml")
-    runner_stage = Stage(config, 0, 1)
+    objective = load_objective(config)
+    encoder = objective.encoder
     items = batch["items"]
     if stage == "mntp":
         from l2v.train.mntp import mntp_loss_grouped
@@ -89,16 +90,15 @@ def l2v(stage: str, folder: str, batch: dict):
         pairs = [(item["input_ids"], item["labels"]) for item in items]
 
         def loss():
-            return mntp_loss_grouped(runner_stage.encoder.model, runner_stage.lm_head, pairs, runner_stage.tokenizer.pad_token_id,
-                                     runner_stage.softcap)
-        return runner_stage.module, loss
+            return mntp_loss_grouped(encoder, encoder.lm_head, pairs, encoder.tokenizer.pad_token_id, encoder.logit_softcap)
+        return encoder, loss
     from l2v.train.simcse import simcse_loss
 
     tokenized = [Tokenized(item["input_ids"], [1] * len(item["input_ids"])) for item in items]
 
     def loss():
-        return simcse_loss(runner_stage.encoder, tokenized, 0.05, gather=False)
-    return runner_stage.module, loss
+        return simcse_loss(encoder, encoder.collate, tokenized, 0.05, gather=False)
+    return encoder, loss
 
 
 def main() -> None:

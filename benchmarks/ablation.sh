@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${L2V_DATA:-../shared/data}"
-.venv/bin/l2v eval --compare smollm2-135m@causal smollm2-135m runs/smollm2-l2v-unsup/mntp/encoder \
+.venv/bin/l2v eval smollm2-135m@causal smollm2-135m runs/smollm2-l2v-unsup/mntp/encoder \
   smollm2-135m-l2v-unsup smollm2-135m-l2v-sup --tasks sts --data "$DATA" --output benchmarks/results/ablation "$@"

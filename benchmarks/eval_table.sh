@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${L2V_DATA:-../shared/data}"
-.venv/bin/l2v eval --compare smollm2-135m@causal smollm2-135m minilm-l6 \
+.venv/bin/l2v eval smollm2-135m@causal smollm2-135m minilm-l6 \
   --tasks sts,pair_classification,classification,clustering,word_level,retrieval \
   --data "$DATA" --word-train-sentences 2000 --output benchmarks/results/eval "$@"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from l2v.bidirectional import attention_state, is_bidirectional, model_inputs, set_attention
+from l2v.bidirectional import CAUSAL, AttentionState, is_bidirectional, model_inputs, set_attention
 from l2v.errors import UnsupportedModelError
 from l2v.pooling import MeanPooling
 from tiny_models import FAMILIES, tiny_backbone, tiny_config
@@ -16,9 +16,15 @@ from tiny_models import FAMILIES, tiny_backbone, tiny_config
 CASES = [(family, impl) for family in FAMILIES for impl in ("eager", "sdpa") if not (family == "gemma2" and impl == "sdpa")]
 
 
-def hidden(model, input_ids, attention_mask):
+def converted(model, bidirectional=True):
+    """(model, the attention state set_attention returns for it)"""
+    return model, set_attention(model, bidirectional)
+
+
+def hidden(converted_model, input_ids, attention_mask):
+    model, state = converted_model
     with torch.no_grad():
-        return model(**model_inputs(model, input_ids, attention_mask)).last_hidden_state
+        return model(**model_inputs(state, model, input_ids, attention_mask)).last_hidden_state
 
 
 def random_ids(length, seed):
@@ -39,7 +45,7 @@ def pad_batch(sequences, side):
 
 @pytest.mark.parametrize("family,impl", CASES)
 def test_early_position_sees_later_token(family, impl):
-    model = set_attention(tiny_backbone(family, impl), True)
+    model = converted(tiny_backbone(family, impl))
     ids = random_ids(7, 1)[None]
     changed = ids.clone()
     changed[0, -1] = (changed[0, -1] + 17) % 300 + 10
@@ -47,14 +53,14 @@ def test_early_position_sees_later_token(family, impl):
     first = hidden(model, ids, ones)[0, 0]
     second = hidden(model, changed, ones)[0, 0]
     assert (first - second).abs().max() > 1e-3
-    assert attention_state(model).bidirectional
+    assert model[1].bidirectional
 
 
 @pytest.mark.parametrize("family,impl", CASES)
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_text_is_the_same_alone_and_padded_in_a_batch(family, impl, side, bidirectional):
-    model = set_attention(tiny_backbone(family, impl), bidirectional)
+    model = converted(tiny_backbone(family, impl), bidirectional)
     text = random_ids(5, 2)
     others = [random_ids(9, 3), random_ids(2, 4), random_ids(12, 5)]
     alone = hidden(model, text[None], torch.ones(1, 5, dtype=torch.long))[0]
@@ -73,14 +79,15 @@ def test_switched_off_is_exactly_the_causal_model(family, impl):
     reference = tiny_backbone(family, impl, seed=7)
     model = copy.deepcopy(reference)
     set_attention(model, True)
-    set_attention(model, False)
+    state = set_attention(model, False)
+    assert state == AttentionState(False, CAUSAL, model.config.model_type)
     ids = torch.stack([random_ids(8, 8), random_ids(8, 9)])
     with torch.no_grad():
         expected = reference(input_ids=ids).last_hidden_state
-        actual = model(**model_inputs(model, ids, torch.ones_like(ids))).last_hidden_state
+        actual = model(**model_inputs(state, model, ids, torch.ones_like(ids))).last_hidden_state
     assert torch.equal(expected, actual)
-    assert not is_bidirectional(model)
-    assert not is_bidirectional(reference)
+    assert not is_bidirectional(model, state)
+    assert not is_bidirectional(reference, state)
 
 
 def test_gemma2_sdpa_is_refused_by_transformers():
@@ -99,9 +106,9 @@ def test_falls_back_to_a_4d_mask_when_the_family_ignores_config(monkeypatch):
         return original(config, *args, **kwargs)
 
     monkeypatch.setattr(llama, "create_causal_mask", always_causal)
-    model = set_attention(tiny_backbone("llama", "sdpa"), True)
-    assert attention_state(model).mode == "mask4d"
-    assert is_bidirectional(model)
+    model = converted(tiny_backbone("llama", "sdpa"))
+    assert model[1].mode == "mask4d"
+    assert is_bidirectional(*model)
     text = random_ids(4, 11)
     alone = hidden(model, text[None], torch.ones(1, 4, dtype=torch.long))[0]
     ids, mask = pad_batch([random_ids(9, 12), text], "left")
@@ -132,4 +139,3 @@ def test_a_family_that_stays_causal_is_refused_by_name():
     model = HardCausal()
     with pytest.raises(UnsupportedModelError, match="hardcausal"):
         set_attention(model, True)
-    assert not attention_state(model).bidirectional

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from l2v import Encoder
 from l2v.cli import app
-from l2v.serve.corpus import iter_shards, load_manifest
+from l2v.corpus import iter_shards, load_manifest
 
 WORDS = ["a man is playing a guitar", "the cat sits on the mat", "what is the capital of france ?", "paris",
          "scientists discovered a new species of frog", "she plays the piano every evening", "the dog sleeps"]
@@ -33,6 +33,15 @@ def write_jsonl(path: Path, texts=TEXTS) -> Path:
 def read_all(folder: Path):
     parts = list(iter_shards(folder))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# A crash after shard 2, as a test hook: the library's on_shard_written callback, in a process of its own.
+KILL_AFTER_SHARD = """
+import os, signal, sys
+from l2v.corpus import CorpusJob, embed_corpus
+job = CorpusJob(model=sys.argv[1], input=sys.argv[2], output=sys.argv[3], shard_size=4)
+embed_corpus(job, show_progress=False, on_shard_written=lambda shard: os.kill(os.getpid(), signal.SIGKILL) if shard == 2 else None)
+"""
 
 
 def cli(*args, env=None, check=True):
@@ -83,7 +92,8 @@ def test_sigkill_then_rerun_resumes_and_equals_an_uninterrupted_run(tiny_llama_f
     args = ["embed-corpus", "-m", tiny_llama_folder, "-i", source, "--shard-size", 4, "--no-progress"]
     cli(*args, "-o", tmp_path / "whole")
     out = tmp_path / "killed"
-    killed = cli(*args, "-o", out, env={"L2V_TEST_KILL_AFTER_SHARD": "2"}, check=False)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SHARD, str(tiny_llama_folder), str(source), str(out)],
+                            capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert sorted(p.name for p in out.glob("shard-*.npz")) == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
     assert not (out / "manifest.json").exists()
@@ -138,7 +148,7 @@ def test_two_ranks_under_torchrun_equal_one_process(tiny_llama_folder, tmp_path)
 
 
 def test_ranks_take_their_share(tiny_llama_folder, tmp_path):
-    from l2v.serve.corpus import CorpusJob, embed_corpus
+    from l2v.corpus import CorpusJob, embed_corpus
 
     encoder = Encoder.from_pretrained(str(tiny_llama_folder))
     job = CorpusJob(model=str(tiny_llama_folder), input=str(write_jsonl(tmp_path / "c.jsonl")), output=str(tmp_path / "o"), shard_size=4)
@@ -219,7 +229,7 @@ def test_no_truncate_names_the_record_and_float16_overflow_is_refused(tiny_llama
                    "--no-truncate", "--no-progress")
     assert long_one.exit_code == 2 and "record 0 (id 'doc-0') is longer than 5 tokens" in long_one.output
     assert not list((tmp_path / "a").glob("shard-*.npz"))
-    from l2v.serve.corpus import CorpusJob, embed_corpus
+    from l2v.corpus import CorpusJob, embed_corpus
 
     encoder = Encoder.from_pretrained(str(tiny_llama_folder))
     original = encoder.embed_tokenized

@@ -60,7 +60,7 @@ def test_instruction_is_excluded_from_mean(tiny_encoder):
     instruction, text = "classify the sentiment of the review", "this movie was wonderful"
     features = tiny_encoder.collate(tiny_encoder.tokenize([(instruction, text)]))
     with torch.no_grad():
-        states = tiny_encoder.token_states(features["input_ids"], features["attention_mask"])[0]
+        states = tiny_encoder(features, pool=False)[0]
     n_text = int(features["pooling_mask"].sum())
     expected = torch.nn.functional.normalize(states[-n_text:].mean(0), dim=0)
     got = tiny_encoder.encode([(instruction, text)])[0]
@@ -71,8 +71,9 @@ def test_long_texts_are_truncated_and_counted(tiny_llama_folder):
     encoder = Encoder.from_pretrained(str(tiny_llama_folder), max_length=6)
     items = encoder.tokenize(["a man is playing a guitar on the stage", "paris"])
     assert len(items[0].input_ids) == 6 and items[0].truncated and not items[1].truncated
-    encoder.encode(["a man is playing a guitar on the stage", "paris", "the cat sits on the mat while"])
-    assert encoder.last_truncated == 2
+    _, stats = encoder.encode(["a man is playing a guitar on the stage", "paris", "the cat sits on the mat while"],
+                              return_stats=True)
+    assert stats.truncated == 2
     with pytest.raises(L2VError, match="instruction takes"):
         encoder.tokenize([("retrieve documents that answer the question", "paris")])
 
@@ -226,8 +227,8 @@ def test_a_different_pooling_on_a_saved_encoder_does_not_inherit_its_weights(tin
 
 def test_repeated_texts_are_encoded_once(tiny_encoder, sentences):
     repeated = sentences + sentences[:3] + [("classify the sentiment of the review", sentences[0])]
-    out = tiny_encoder.encode(repeated, batch_size=2)
-    assert tiny_encoder.last_encoded == len(sentences) + 1  # the instruction makes the last one distinct
+    out, stats = tiny_encoder.encode(repeated, batch_size=2, return_stats=True)
+    assert stats.encoded == len(sentences) + 1  # the instruction makes the last one distinct
     assert np.array_equal(out[len(sentences):len(sentences) + 3], out[:3])
     assert np.abs(out[-1] - out[0]).max() > 1e-4
     assert np.abs(out[: len(sentences)] - tiny_encoder.encode(sentences)).max() < 1e-6

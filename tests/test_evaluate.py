@@ -161,7 +161,7 @@ def test_eval_cli_with_user_files_and_compare(tiny_llama_folder, tmp_path):
                                            ("the dog sleeps", "the cat sleeps", 3), ("paris", "the capital of france", 5)]))
     pairs = write(tmp_path / "pairs.tsv", "sentence1\tsentence2\tlabel\nthe cat\tthe cat sits\t1\nparis\tthe dog\t0\n")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval", "--compare", str(tiny_llama_folder), f"{tiny_llama_folder}@causal",
+    result = CliRunner().invoke(app, ["eval", str(tiny_llama_folder), f"{tiny_llama_folder}@causal",
                                       "--file", f"sts:{sts}", "--file", f"pair_classification:{pairs}",
                                       "--output", str(out), "--cache", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output

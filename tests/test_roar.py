@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from l2v.cli import app
-from l2v.roar.data import MASK, RoarData, Split
+from l2v.roar.data import MASK
 from l2v.roar.importance import importance
 from l2v.roar.masking import grow_mask, masked_count
 from l2v.roar.models import AttentionClassifier, PairedAttentionClassifier

@@ -66,6 +66,18 @@ def test_demo_runs():
     result = CliRunner().invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     assert "query: Who is making music?" in result.output and "bidirectional" in result.output
+    for spec in ("smollm2-135m@causal", "smollm2-135m", "smollm2-135m-l2v-sup"):  # side by side, trained one included
+        assert f"[{spec}]" in result.output
+    assert "paraphrase margin" in result.output and "queries answered by the right pair" in result.output
+
+
+def test_the_trained_encoder_separates_paraphrases_better_than_the_untrained_models():
+    from l2v.demo import run_demo
+
+    result = run_demo()
+    causal, untrained, trained = (sum(m.margins) / len(m.margins) for m in result.models)
+    assert trained > max(causal, untrained)
+    assert result.models[2].hits == len(result.queries)  # every query's nearest sentence is from its pair
 
 
 def test_converted_weights_are_still_the_language_model():

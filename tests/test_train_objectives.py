@@ -43,27 +43,25 @@ def test_first_token_is_never_a_target():
 
 
 def test_mntp_loss_equals_the_full_vocabulary_shifted_loss(tiny_llama_folder):
-    from transformers import AutoModelForCausalLM
+    from l2v import Encoder
 
-    from l2v.bidirectional import model_inputs, set_attention
-
-    lm = AutoModelForCausalLM.from_pretrained(tiny_llama_folder)
-    set_attention(lm.model, True)
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder), with_lm_head=True)
     ids = torch.randint(10, 300, (3, 9), generator=torch.Generator().manual_seed(1))
     attention = torch.ones_like(ids)
     attention[2, 6:] = 0
     corrupted, labels = mask_for_mntp(ids, attention, None, 5, 320, MaskingConfig(probability=0.5), torch.Generator().manual_seed(2))
-    ours = mntp_loss(lm.model, lm.lm_head, corrupted, attention, labels)
-    hidden = lm.model(**model_inputs(lm.model, corrupted, attention)).last_hidden_state
-    logits = lm.lm_head(hidden)  # every position, the whole vocabulary
+    ours = mntp_loss(encoder, encoder.lm_head, corrupted, attention, labels)
+    hidden = encoder({"input_ids": corrupted, "attention_mask": attention}, pool=False)
+    logits = encoder.lm_head(hidden)  # every position, the whole vocabulary
     reference = F.cross_entropy(logits[:, :-1].reshape(-1, 320), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
     ours.backward()
-    assert lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert encoder.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in encoder.lm_head.parameters())  # the LM head stays frozen
 
 
 def test_length_groups_cover_every_text_once_with_little_padding():
-    from l2v.train.batching import length_groups
+    from l2v.batching import length_groups
 
     lengths = [5, 40, 38, 7, 6, 39, 12, 64, 11, 5, 33, 8]
     groups = length_groups(lengths, max_padding=0.15, min_tokens=1)
@@ -74,31 +72,28 @@ def test_length_groups_cover_every_text_once_with_little_padding():
 
 
 def test_grouped_mntp_loss_and_embeddings_equal_the_padded_batch(tiny_llama_folder):
-    from transformers import AutoModelForCausalLM
-
-    from l2v.bidirectional import set_attention
-    from l2v.train.batching import embed_in_groups
+    from l2v import Encoder
+    from l2v.batching import embed_in_groups
     from l2v.train.mntp import mntp_loss_grouped
 
-    lm = AutoModelForCausalLM.from_pretrained(tiny_llama_folder)
-    set_attention(lm.model, True)
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder), with_lm_head=True)
     generator = torch.Generator().manual_seed(3)
     lengths = [9, 3, 12, 4, 11, 2]
     ids = torch.randint(10, 300, (6, 12), generator=generator)
     attention = (torch.arange(12)[None, :] < torch.tensor(lengths)[:, None]).long()
     corrupted, labels = mask_for_mntp(ids, attention, None, 5, 320, MaskingConfig(probability=0.5), generator)
-    padded = mntp_loss(lm.model, lm.lm_head, corrupted, attention, labels)
+    padded = mntp_loss(encoder, encoder.lm_head, corrupted, attention, labels)
     items = [(corrupted[i, :n].tolist(), labels[i, :n].tolist()) for i, n in enumerate(lengths)]
-    grouped = mntp_loss_grouped(lm.model, lm.lm_head, items, 0, min_tokens=1)
+    grouped = mntp_loss_grouped(encoder, encoder.lm_head, items, 0, min_tokens=1)
     assert grouped.item() == pytest.approx(padded.item(), rel=1e-5)
     grouped.backward()
-    assert lm.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    assert encoder.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
 
     encoder = Encoder.from_pretrained(str(tiny_llama_folder))
     tokenized = encoder.tokenize(["the cat sits on the mat while the dog sleeps", "paris", "a man is playing a guitar",
                                   "what is the capital of france ?", "she plays the piano every evening"])
     together = encoder(encoder.collate(tokenized))
-    apart = embed_in_groups(encoder, tokenized, min_tokens=1)
+    apart = embed_in_groups(encoder, encoder.collate, tokenized, min_tokens=1)
     assert torch.allclose(together, apart, atol=1e-5)
 
 
@@ -127,13 +122,14 @@ def test_info_nce_by_hand():
 
 def test_simcse_views_differ_only_by_dropout(tiny_llama_folder):
     encoder = Encoder.from_pretrained(str(tiny_llama_folder))
-    features = encoder.collate(encoder.tokenize(["the cat sits on the mat", "paris", "a man is playing a guitar"]))
+    tokenized = encoder.tokenize(["the cat sits on the mat", "paris", "a man is playing a guitar"])
+    features = encoder.collate(tokenized)
     encoder.train()
     set_dropout(encoder.model, attention_dropout=0.0)
     assert torch.allclose(encoder(features), encoder(features))
     set_dropout(encoder.model, attention_dropout=0.3)
     assert not torch.allclose(encoder(features), encoder(features))
-    loss = simcse_loss(encoder, features)
+    loss = simcse_loss(encoder, encoder.collate, tokenized)
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
 

@@ -48,12 +48,27 @@ def cli(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+# A crash after a step, as a test hook: the library's on_step_end callback, called by a script run in its own process.
+KILL_AFTER = """
+import os, signal, sys
+from l2v.train.config import load_config
+from l2v.train.runner import train
+kill_after = int(sys.argv[2])
+train(load_config(sys.argv[1]), show_progress=False,
+      on_step_end=lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == kill_after else None)
+"""
+
+
+def killed_after(config: Path, step: int):
+    return subprocess.run([sys.executable, "-c", KILL_AFTER, str(config), str(step)], capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("stage", ["mntp", "simcse"])
 def test_a_sigkilled_run_resumes_to_the_same_losses(tmp_path, tiny_llama_folder, stage):
     straight = write_config(tmp_path / "a", tiny_llama_folder, stage)
     assert cli("train", stage, "--config", straight, "--no-progress").returncode == 0
     killed = write_config(tmp_path / "b", tiny_llama_folder, stage)
-    crashed = cli("train", stage, "--config", killed, "--no-progress", env={"L2V_TEST_KILL_AFTER_STEP": "3"})
+    crashed = killed_after(killed, 3)
     assert crashed.returncode == -9  # SIGKILL
     assert len(losses(tmp_path / "b" / "run")) == 3 and not (tmp_path / "b" / "run" / "encoder").exists()
     resumed = cli("train", stage, "--config", killed, "--no-progress")
@@ -102,29 +117,30 @@ def test_each_stage_loss_equals_the_padded_full_batch(tmp_path, tiny_llama_folde
     import torch
 
     from l2v.train.mntp import MaskingConfig, mask_for_mntp, mntp_loss
-    from l2v.train.runner import Stage
+    from l2v.train.runner import load_objective, trainable_parameters
     from l2v.train.simcse import set_dropout
 
     def grads(module):
         return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
-    def no_dropout(stage):
-        set_dropout(stage.encoder.model, attention_dropout=0.0, hidden_dropout=0.0)
-        stage.module.train()
+    def no_dropout(objective):
+        set_dropout(objective.encoder.model, attention_dropout=0.0, hidden_dropout=0.0)
+        objective.encoder.train()
 
     # MNTP: grouped == the full-vocabulary-free loss on the padded batch with the same masks
     config = load_config(write_config(tmp_path / "m", tiny_llama_folder, "mntp", batch_size=6, lora={"dropout": 0.0}))
-    stage = Stage(config, 0, 1)
-    no_dropout(stage)
-    batch_indices = [0, 3, 1, 7, 2, 5]
+    objective = load_objective(config)
+    no_dropout(objective)
+    batch = [objective.examples[i] for i in [0, 3, 1, 7, 2, 5]]
     seed = 11
-    grouped = stage.loss(batch_indices, seed)
-    encoder = stage.encoder
-    batch = encoder.collate(encoder.tokenize([stage.examples[i] for i in batch_indices]), padding_side="right")
-    special = batch["pooling_mask"].eq(0) & batch["attention_mask"].bool()
-    corrupted, labels = mask_for_mntp(batch["input_ids"], batch["attention_mask"], special, stage.mask_id, stage.vocab_size,
-                                      MaskingConfig(probability=0.2), torch.Generator().manual_seed(seed ^ 0x5DEECE66D))
-    padded = mntp_loss(encoder.model, stage.lm_head, corrupted, batch["attention_mask"], labels)
+    encoder = objective.encoder
+    grouped = objective.loss(encoder, batch, seed)
+    features = encoder.collate(encoder.tokenize(batch), padding_side="right")
+    special = features["pooling_mask"].eq(0) & features["attention_mask"].bool()
+    corrupted, labels = mask_for_mntp(features["input_ids"], features["attention_mask"], special, objective.mask_id,
+                                      objective.vocab_size, MaskingConfig(probability=0.2),
+                                      torch.Generator().manual_seed(seed ^ 0x5DEECE66D))
+    padded = mntp_loss(encoder, encoder.lm_head, corrupted, features["attention_mask"], labels)
     assert grouped.item() == pytest.approx(padded.item(), rel=1e-5)
 
     # supervised: GradCache over length-sorted chunks == one plain pass, loss and gradients
@@ -137,14 +153,14 @@ def test_each_stage_loss_equals_the_padded_full_batch(tmp_path, tiny_llama_folde
         config = load_config(write_config(tmp_path / f"s{chunk}", tiny_llama_folder, "supervised", data={"train": str(triples)},
                                           batch_size=6, lora={"dropout": 0.0}, contrastive={"chunk_size": chunk}))
         torch.manual_seed(0)
-        stage = Stage(config, 0, 1)
-        no_dropout(stage)
-        for parameter in stage.trainable().values():  # LoRA B starts at zero: give the adapters a non-zero output
+        objective = load_objective(config)
+        no_dropout(objective)
+        for parameter in trainable_parameters(objective.encoder).values():  # LoRA B starts at zero: a non-zero output
             torch.nn.init.normal_(parameter, std=0.05)
-        loss = stage.loss([4, 0, 9, 2, 7, 5], seed=1)
+        loss = objective.loss(objective.encoder, [objective.examples[i] for i in [4, 0, 9, 2, 7, 5]], seed=1)
         if loss.requires_grad:
             loss.backward()
-        results[chunk] = (loss.item(), grads(stage.module))
+        results[chunk] = (loss.item(), grads(objective.encoder))
     assert results[2][0] == pytest.approx(results[0][0], rel=1e-5)
     assert results[0][1].keys() == results[2][1].keys() and results[0][1]
     for name, gradient in results[0][1].items():
@@ -352,10 +368,10 @@ def test_gradient_checkpointing_changes_memory_not_the_losses(tmp_path, tiny_lla
     assert losses(checkpointed.parent) == pytest.approx(losses(plain.parent), rel=1e-6, abs=1e-7)
     assert len(losses(plain.parent)) == 3
     # and it was on: the decoder layers are marked for recomputation
-    from l2v.train.runner import _apply_lora
+    from l2v.train.runner import apply_lora
 
     config = load_config(write_config(tmp_path / "c", tiny_llama_folder, stage, gradient_checkpointing=True))
-    model = _apply_lora(Encoder.from_pretrained(str(tiny_llama_folder)).model, config)
+    model = apply_lora(Encoder.from_pretrained(str(tiny_llama_folder)).model, config)
     layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
     assert layers, "no layer has gradient checkpointing enabled"
 
@@ -367,16 +383,16 @@ def test_gradient_checkpointing_changes_memory_not_the_losses(tmp_path, tiny_lla
 def test_default_lora_covers_every_attention_and_mlp_projection(tmp_path, family, expected):
     from tiny_models import tiny_backbone
 
-    from l2v.train.runner import _apply_lora
+    from l2v.train.runner import apply_lora
 
     config = load_config(write_config(tmp_path, tmp_path, "simcse"))
-    model = _apply_lora(tiny_backbone(family), config)
+    model = apply_lora(tiny_backbone(family), config)
     assert set(model.peft_config["default"].target_modules) == expected
     wrapped = {name.split(".lora_A")[0].split(".")[-1] for name, _ in model.named_parameters() if "lora_A" in name}
     assert wrapped == expected
     config.lora.target_modules = ["nonexistent"]
     with pytest.raises(L2VError, match=r"none of lora.target_modules .* \(its linear layers: "):
-        _apply_lora(tiny_backbone(family), config)
+        apply_lora(tiny_backbone(family), config)
 
 
 def test_a_dataset_smaller_than_one_batch_is_named(caplog):
@@ -386,3 +402,116 @@ def test_a_dataset_smaller_than_one_batch_is_named(caplog):
         plan = BatchPlan({"big": list(range(8)), "tiny": [8, 9]}, global_batch=4, seed=0)
     assert "tiny" in caplog.text and "not trained on" in caplog.text
     assert plan.per_epoch == 2 and all(max(plan.batch(s)) < 8 for s in range(4))
+
+
+def test_gradient_accumulation_is_the_mean_of_the_micro_batches(tmp_path, tiny_llama_folder):
+    """One optimizer step over 2 micro-batches: the weights equal those from averaging the two micro-batches'
+    gradients by hand (same batches and seeds), and the logged loss is their mean."""
+    import torch
+    from safetensors.torch import load_file
+
+    from l2v.train.runner import BatchPlan, _step_seed, load_objective, trainable_parameters
+
+    path = write_config(tmp_path, tiny_llama_folder, "simcse", steps=1, save_every=1, batch_size=3,
+                        gradient_accumulation_steps=2, max_grad_norm=0.0, contrastive={"attention_dropout": 0.0})
+    config = load_config(path)
+    train(config, show_progress=False, log=lambda *_: None)
+    trained = load_file(tmp_path / "run" / "checkpoints" / "step-00000001" / "trainable.safetensors")
+    torch.manual_seed(config.seed)
+    objective = load_objective(config)
+    objective.encoder.train()
+    parameters = trainable_parameters(objective.encoder)
+    before = {name: p.detach().clone() for name, p in parameters.items()}
+    plan = BatchPlan(objective.groups(), config.batch_size, config.seed)
+    micro = []
+    for index in range(2):
+        seed = _step_seed(config, index, 0)
+        torch.manual_seed(seed)
+        loss = objective.loss(objective.encoder, [objective.examples[i] for i in plan.batch(index)], seed)
+        loss.backward()
+        micro.append(loss.item())
+    for p in parameters.values():
+        p.grad /= 2
+    optimizer = torch.optim.AdamW(list(parameters.values()), lr=config.learning_rate)
+    optimizer.step()
+    assert losses(tmp_path / "run") == pytest.approx([sum(micro) / 2], rel=1e-5)
+    moved = [name for name in parameters if not torch.equal(parameters[name], before[name])]
+    assert moved
+    for name, parameter in parameters.items():
+        assert torch.allclose(trained[name], parameter.detach(), atol=1e-6), name
+
+
+def test_bf16_mixed_precision_autocasts_the_forward(tmp_path, tiny_llama_folder):
+    exact = train(load_config(write_config(tmp_path / "a", tiny_llama_folder, "mntp", steps=2)), show_progress=False,
+                  log=lambda *_: None)
+    mixed = train(load_config(write_config(tmp_path / "b", tiny_llama_folder, "mntp", steps=2, mixed_precision="bf16")),
+                  show_progress=False, log=lambda *_: None)
+    full, half = losses(exact.parent), losses(mixed.parent)
+    assert half != full  # bfloat16 arithmetic did happen
+    assert half == pytest.approx(full, rel=0.02)  # and it is the same training
+    path = write_config(tmp_path / "c", tiny_llama_folder, "simcse", mixed_precision="fp16")
+    with pytest.raises(L2VError, match="mixed_precision must be one of no, bf16"):
+        load_config(path)
+
+
+def test_trackers_receive_what_metrics_jsonl_holds(tmp_path, tiny_llama_folder):
+    from accelerate.tracking import GeneralTracker
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory = "recorder", False
+
+        def __init__(self):
+            super().__init__()
+            self.logged, self.config = [], None
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.logged.append((step, values["loss"]))
+
+    recorder = Recorder()
+    run = train(load_config(write_config(tmp_path, tiny_llama_folder, "mntp", steps=3)), show_progress=False,
+                log=lambda *_: None, trackers=[recorder])
+    assert [loss for _, loss in recorder.logged] == losses(run.parent) and [s for s, _ in recorder.logged] == [1, 2, 3]
+    assert recorder.config["stage"] == "mntp" and recorder.config["lora.r"] == 4
+
+
+def test_a_new_objective_is_one_class_and_one_registry_line(tmp_path, tiny_llama_folder):
+    """A Matryoshka-style SimCSE (the loss on the first 8 dimensions too), written as a user would, trains
+    through the same loop, checkpoints and encoder saving as the built-in objectives."""
+    from l2v.train import objectives
+
+    class MatryoshkaSimcse(objectives.Objective):
+        name = "toy-matryoshka"
+        temperature = 0.05
+
+        def loss(self, forward, batch, seed):
+            from l2v.batching import embed_in_groups
+            from l2v.train.simcse import info_nce
+
+            tokenized = self.encoder.tokenize(batch)
+            first = embed_in_groups(forward, self.encoder.collate, tokenized)
+            second = embed_in_groups(forward, self.encoder.collate, tokenized)
+            return info_nce(first, second, self.temperature) + info_nce(first[:, :8], second[:, :8], self.temperature)
+
+    objectives.register("toy-matryoshka", MatryoshkaSimcse)
+    try:
+        run = train(load_config(write_config(tmp_path, tiny_llama_folder, "toy-matryoshka", steps=2)), show_progress=False,
+                    log=lambda *_: None)
+    finally:
+        objectives.OBJECTIVES.pop("toy-matryoshka")
+    assert len(losses(run.parent)) == 2 and Encoder.from_pretrained(run).encode(["paris"]).shape == (1, 32)
+    with pytest.raises(L2VError, match="stage must be one of mntp, simcse, supervised"):
+        load_config(write_config(tmp_path / "gone", tiny_llama_folder, "toy-matryoshka"))
+
+
+def test_fsdp_launch_is_refused_until_checkpoints_support_it(tmp_path, tiny_llama_folder, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(L2VError, match="FSDP is not supported"):
+        train(load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=1)), show_progress=False,
+              log=lambda *_: None)

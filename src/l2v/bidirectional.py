@@ -23,14 +23,17 @@ import torch
 
 from .errors import UnsupportedModelError
 
-_STATE_ATTR = "_l2v_attention_state"
-
-
-@dataclass
+@dataclass(frozen=True)
 class AttentionState:
+    """How a backbone's attention is run: held by the :class:`~l2v.encoder.Encoder` (not by the transformers
+    model) and passed to :func:`model_inputs` for every forward."""
+
     bidirectional: bool
     mode: str  # "config" (library mechanism), "mask4d" (generic fallback) or "causal"
     family: str
+
+
+CAUSAL = "causal"
 
 
 def model_family(model) -> str:
@@ -38,7 +41,7 @@ def model_family(model) -> str:
     return str(getattr(config, "model_type", None) or type(model).__name__)
 
 
-def _configs(model):
+def attention_configs(model):
     """The model's config and any nested text/decoder configs (multimodal wrappers keep one inside)."""
     seen, stack = [], [model.config]
     while stack:
@@ -52,7 +55,7 @@ def _configs(model):
 
 
 def _set_flags(model, bidirectional: bool) -> None:
-    for config in _configs(model):
+    for config in attention_configs(model):
         if not hasattr(config, "_l2v_original_is_causal"):
             config._l2v_original_is_causal = config.__dict__.get("is_causal", None)
         if bidirectional:
@@ -69,11 +72,6 @@ def _set_flags(model, bidirectional: bool) -> None:
             module.is_causal = False if bidirectional else module._l2v_original_is_causal
 
 
-def attention_state(model) -> AttentionState:
-    state = getattr(model, _STATE_ATTR, None)
-    return state if state is not None else AttentionState(False, "causal", model_family(model))
-
-
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions 0..n-1 over each row's real tokens, whichever side the padding is on."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -87,15 +85,19 @@ def padding_mask_4d(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.T
     return mask.expand(-1, 1, attention_mask.shape[-1], -1)
 
 
-def model_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-    """Keyword arguments for the backbone's forward that realise the model's attention state."""
-    state = attention_state(model)
+def model_inputs(state: AttentionState, model, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                 inputs_embeds: torch.Tensor | None = None) -> dict:
+    """Keyword arguments for the backbone's forward that realise the attention ``state`` (token ids, or input
+    embeddings in their place)."""
     inputs = {
-        "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": position_ids_from_mask(attention_mask),
         "use_cache": False,
     }
+    if inputs_embeds is not None:
+        inputs["inputs_embeds"] = inputs_embeds
+    else:
+        inputs["input_ids"] = input_ids
     if state.bidirectional and state.mode == "mask4d":
         inputs["attention_mask"] = padding_mask_4d(attention_mask, _float_dtype(model))
     return inputs
@@ -122,7 +124,7 @@ def _probe_ids(model, length: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.to(device), changed.to(device)
 
 
-def _first_position_state(model, input_ids: torch.Tensor, padded_batch: bool) -> torch.Tensor:
+def _first_position_state(model, state: AttentionState, input_ids: torch.Tensor, padded_batch: bool) -> torch.Tensor:
     attention_mask = torch.ones_like(input_ids)
     if padded_batch:
         # A second, padded row forces the mask to be materialised; without padding transformers may hand the
@@ -131,62 +133,62 @@ def _first_position_state(model, input_ids: torch.Tensor, padded_batch: bool) ->
         attention_mask = torch.cat([attention_mask, attention_mask])
         attention_mask[1, -2:] = 0
     with torch.inference_mode():
-        output = model(**model_inputs(model, input_ids, attention_mask))
+        output = model(**model_inputs(state, model, input_ids, attention_mask))
     hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
     return hidden[0, 0].float()
 
 
-def _padding_is_hidden(model, input_ids: torch.Tensor) -> bool:
+def _padding_is_hidden(model, state: AttentionState, input_ids: torch.Tensor) -> bool:
     """A right-padded row must equal the same tokens run alone: padding keys are masked out."""
     short = input_ids[:, :-2]
     padded_ids = torch.cat([input_ids, input_ids])
     mask = torch.ones_like(padded_ids)
     mask[1, -2:] = 0
     with torch.inference_mode():
-        padded = model(**model_inputs(model, padded_ids, mask))
-        alone = model(**model_inputs(model, short, torch.ones_like(short)))
+        padded = model(**model_inputs(state, model, padded_ids, mask))
+        alone = model(**model_inputs(state, model, short, torch.ones_like(short)))
     padded = (padded.last_hidden_state if hasattr(padded, "last_hidden_state") else padded[0])[1, :-2].float()
     alone = (alone.last_hidden_state if hasattr(alone, "last_hidden_state") else alone[0])[0].float()
     scale = alone.abs().max().clamp(min=1e-6)
     return bool(((padded - alone).abs().max() / scale) < 1e-2)
 
 
-def is_bidirectional(model) -> bool:
-    """Empirical check: does the first position see the last token, with and without padding in the batch?"""
+def is_bidirectional(model, state: AttentionState) -> bool:
+    """Empirical check: run with ``state``, does the first position see the last token, with and without padding
+    in the batch, while padding stays hidden?"""
     ids, changed = _probe_ids(model)
     was_training = model.training
     model.eval()
     try:
         for padded_batch in (False, True):
-            first = _first_position_state(model, ids, padded_batch)
-            second = _first_position_state(model, changed, padded_batch)
+            first = _first_position_state(model, state, ids, padded_batch)
+            second = _first_position_state(model, state, changed, padded_batch)
             scale = first.abs().max().clamp(min=1e-6)
             if not bool(((first - second).abs().max() / scale) > 1e-5):
                 return False
-        if not _padding_is_hidden(model, ids):
+        if not _padding_is_hidden(model, state, ids):
             return False
     finally:
         model.train(was_training)
     return True
 
 
-def set_attention(model, bidirectional: bool = True, verify: bool = True):
-    """Make ``model`` (a transformers backbone) bidirectional, or restore it to exactly its causal self.
+def set_attention(model, bidirectional: bool = True, verify: bool = True) -> AttentionState:
+    """Make ``model`` (a transformers backbone) bidirectional, or restore it to exactly its causal self, and return
+    the :class:`AttentionState` to run it with (:func:`model_inputs`).
 
-    Returns the model. Raises :class:`UnsupportedModelError` if bidirectional attention cannot be verified.
+    Raises :class:`UnsupportedModelError` if bidirectional attention cannot be verified.
     """
     family = model_family(model)
     if not bidirectional:
         _set_flags(model, False)
-        setattr(model, _STATE_ATTR, AttentionState(False, "causal", family))
-        return model
+        return AttentionState(False, CAUSAL, family)
     _set_flags(model, True)
     for mode in ("config", "mask4d"):
-        setattr(model, _STATE_ATTR, AttentionState(True, mode, family))
-        if not verify or is_bidirectional(model):
-            return model
+        state = AttentionState(True, mode, family)
+        if not verify or is_bidirectional(model, state):
+            return state
     _set_flags(model, False)
-    setattr(model, _STATE_ATTR, AttentionState(False, "causal", family))
     raise UnsupportedModelError(
         f"model family {family!r} ({type(model).__name__}, attention {getattr(model.config, '_attn_implementation', '?')}) "
         "stays causal after l2v's bidirectional conversion (neither config.is_causal=False nor a 4-D padding mask "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Optional
 
@@ -94,13 +93,13 @@ def encode(
             model, adapters=list(adapters or []) or None, pooling=pooling, max_length=max_length,
             dtype=dtype, device=device, bidirectional=bidirectional,
         )
-        embeddings = encoder.encode(
-            texts, batch_size=batch_size, normalize=normalize, instruction=instruction, show_progress=progress
+        embeddings, stats = encoder.encode(
+            texts, batch_size=batch_size, normalize=normalize, instruction=instruction, show_progress=progress, return_stats=True
         )
         save_npy_atomic(embeddings.astype("float32"), output)
-        if encoder.last_truncated:
+        if stats.truncated:
             typer.echo(
-                f"note: {encoder.last_truncated} of {len(texts)} texts were longer than {encoder.config.max_length} "
+                f"note: {stats.truncated} of {len(texts)} texts were longer than {encoder.config.max_length} "
                 "tokens and were truncated",
                 err=True,
             )
@@ -166,52 +165,43 @@ def models():
 
 @app.command()
 def demo(
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="models to compare (repeatable; NAME@causal for the "
+                                              "causal decoder); default: SmolLM2 causal, bidirectional untrained, and "
+                                              "the trained smollm2-135m-l2v-sup"),
     pooling: Optional[str] = typer.Option(None),
     top_k: int = typer.Option(2, "--top-k", min=1),
 ):
-    """Encode the shipped sample sentences and print each query's nearest sentences."""
+    """What LLM2Vec does, on shipped sentences: each query's nearest sentences and each paraphrase pair's margin,
+    for the causal decoder, the untrained bidirectional one and the trained encoder, side by side."""
     _quiet_libraries()
 
     def action():
-        import time
+        from .demo import DEFAULT_MODELS, run_demo
 
-        from .encoder import Encoder
-
-        data = resources.files("l2v") / "data"
-        sentences = [line for line in (data / "demo_sentences.txt").read_text(encoding="utf-8").splitlines() if line]
-        queries = [line for line in (data / "demo_queries.txt").read_text(encoding="utf-8").splitlines() if line]
-        start = time.perf_counter()
-        encoder = Encoder.from_pretrained(model, pooling=pooling)
-        loaded = time.perf_counter()
-        corpus = encoder.encode(sentences)
-        query_vectors = encoder.encode(queries)
-        done = time.perf_counter()
-        info = encoder.info()
-        typer.echo(
-            f"model {model}: {info['family']}, {info['parameters']:,} parameters, attention "
-            f"{'bidirectional' if info['bidirectional_verified'] else 'causal'}, pooling {info['pooling']}"
-        )
-        typer.echo(f"loaded in {loaded - start:.1f} s, encoded {len(sentences) + len(queries)} texts in {done - loaded:.2f} s\n")
-        scores = query_vectors @ corpus.T
-        for query, row in zip(queries, scores):
-            typer.echo(f"query: {query}")
-            for index in row.argsort()[::-1][:top_k]:
-                typer.echo(f"  {row[index]:.3f}  {sentences[index]}")
-        pairs = corpus @ corpus.T
-        typer.echo("\nparaphrase pairs (rows 2i, 2i+1) versus the mean similarity to the other sentences:")
-        for i in range(0, len(sentences) - 1, 2):
-            others = [pairs[i, j] for j in range(len(sentences)) if j not in (i, i + 1)]
-            typer.echo(f"  {pairs[i, i + 1]:.3f} vs {sum(others) / len(others):.3f}  {sentences[i][:60]}")
+        result = run_demo(list(model) if model else DEFAULT_MODELS, pooling=pooling, top_k=top_k)
+        for entry in result.models:
+            typer.echo(f"== {entry.label} [{entry.spec}]: {entry.description}; {entry.seconds:.1f} s")
+            for query, near in zip(result.queries, entry.neighbours):
+                typer.echo(f"  query: {query}")
+                for score, index in near:
+                    typer.echo(f"    {score:.3f}  {result.sentences[index]}")
+            typer.echo("")
+        width = max(len(e.spec) for e in result.models)
+        typer.echo("paraphrase margin: cosine of the pair minus the mean cosine to the other sentences (higher is better)")
+        typer.echo(f"  {'pair':<44} " + " ".join(f"{e.spec:>{width}}" for e in result.models))
+        for pair, first in enumerate(result.sentences[0::2]):
+            typer.echo(f"  {first[:44]:<44} " + " ".join(f"{e.margins[pair]:>{width}.3f}" for e in result.models))
+        typer.echo(f"  {'mean':<44} " + " ".join(f"{sum(e.margins) / len(e.margins):>{width}.3f}" for e in result.models))
+        typer.echo(f"  {'queries answered by the right pair':<44} " +
+                   " ".join(f"{f'{e.hits}/{len(result.queries)}':>{width}}" for e in result.models))
 
     _run(action)
 
 
 @app.command("eval")
 def evaluate(
-    models: Optional[list[str]] = typer.Argument(None, help="models to compare (with --compare); NAME[@causal,pooling=P]"),
+    models: Optional[list[str]] = typer.Argument(None, help="models to evaluate side by side in one table and chart; NAME[@causal,pooling=P,max_length=N,adapters=A]"),
     model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="model to evaluate (repeatable)"),
-    compare: bool = typer.Option(False, "--compare", help="evaluate every model given as an argument, in one table and chart"),
     tasks: Optional[str] = typer.Option(None, help="comma-separated families or task names: sts,classification,pair_classification,retrieval,clustering,word_level"),
     data: Optional[Path] = typer.Option(None, help="folder with the data sets (sts/, classification/, ...)"),
     file: Optional[list[str]] = typer.Option(None, "--file", help="a user task FAMILY:PATH[:PATH2] (repeatable)"),
@@ -235,10 +225,8 @@ def evaluate(
         from .registry import cache_dir
 
         chosen = list(model or []) + list(models or [])
-        if models and not compare and not model:
-            chosen = list(models)
         if not chosen:
-            raise L2VError("no model: pass --model NAME, or --compare NAME NAME ...")
+            raise L2VError("no model: pass one or more models (l2v eval NAME [NAME ...]) or --model NAME")
         names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
         from .evaluate.tasks import TaskOptions
 
@@ -270,11 +258,12 @@ def train(
     _quiet_libraries()
 
     def action():
-        from .train.config import STAGES, load_config
+        from .train.config import load_config
+        from .train.objectives import OBJECTIVES
         from .train.runner import train as run_training
 
-        if stage not in STAGES:
-            raise L2VError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+        if stage not in OBJECTIVES:
+            raise L2VError(f"unknown stage {stage!r}; choose one of: {', '.join(OBJECTIVES)}")
         overrides = {k: v for k, v in {"steps": steps, "output": output}.items() if v is not None}
         loaded = load_config(config, overrides)
         if loaded.stage != stage:
@@ -427,8 +416,8 @@ def embed_corpus(
     _quiet_libraries()
 
     def action():
-        from .serve.corpus import CorpusJob
-        from .serve.corpus import embed_corpus as run_job
+        from .corpus import CorpusJob
+        from .corpus import embed_corpus as run_job
 
         model_ref = str(Path(model).resolve()) if Path(model).exists() else model
         job = CorpusJob(model=model_ref, input=str(input), output=str(output), shard_size=shard_size, dtype=dtype,
@@ -458,27 +447,11 @@ def search(
     _quiet_libraries()
 
     def action():
-        from .serve.corpus import CorpusJob, iter_records, load_manifest
-        from .serve.corpus import search as run_search
+        from .corpus import search as run_search
+        from .corpus import texts_of
 
         results = run_search(folder, list(query), top_k=top_k, instruction=instruction)
-        texts = {}
-        if show_text:
-            manifest = load_manifest(folder)
-            wanted = {record_id for hits in results for _, record_id in hits}
-            job = CorpusJob(model=manifest["model"], input=manifest["input"], output=str(folder),
-                            text_field=manifest["text_field"], id_field=manifest["id_field"])
-            if not Path(job.input).exists():
-                raise L2VError(f"--show-text: the input file {job.input} is gone")
-            import hashlib
-
-            digest = hashlib.sha256()
-            for record_id, text in iter_records(job, digest):
-                key = record_id if manifest["id_kind"] == "int" else str(record_id)
-                if key in wanted:
-                    texts[key] = text
-            if digest.hexdigest() != manifest["input_sha256"]:
-                raise L2VError(f"--show-text: {job.input} changed since it was embedded; its texts would not match the ids")
+        texts = texts_of(folder, [record_id for hits in results for _, record_id in hits]) if show_text else {}
         if as_json:
             typer.echo(json.dumps([{"query": q, "hits": [{"id": i, "score": s, **({"text": texts.get(i)} if show_text else {})}
                                                          for s, i in hits]} for q, hits in zip(query, results)], indent=2))
@@ -508,18 +481,6 @@ def _int_list(value: str, option: str) -> list[int]:
     return values
 
 
-def _roar_measures(measures: str, ig_variant: str) -> list[str]:
-    from .roar.importance import MEASURES
-
-    chosen = [m.strip() for m in measures.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in MEASURES]
-    if unknown or not chosen:
-        raise L2VError(f"unknown measure {(unknown or [measures])[0]!r}; choose from: {', '.join(MEASURES)}")
-    if ig_variant not in ("official", "textbook"):
-        raise L2VError(f"--ig-variant must be official or textbook, got {ig_variant!r}")
-    return chosen
-
-
 @roar_app.command("run")
 def roar_run(
     dataset: str = typer.Option(..., "--dataset", help="sst, babi-1 or babi-2"),
@@ -542,7 +503,9 @@ def roar_run(
         from .roar.runner import run
         from .roar.training import TrainSettings
 
-        chosen = _roar_measures(measures, ig_variant)
+        from .roar.importance import check_measures
+
+        chosen = check_measures(measures, ig_variant)
         loaded = load(dataset, data)
         if limit_train or limit_eval:
             loaded = loaded.limit(limit_train, limit_eval)
@@ -578,24 +541,12 @@ def roar_encoder(
     _quiet_libraries()
 
     def action():
-        from .encoder import Encoder
-        from .roar.encoder_classifier import EncoderBackend, sst_for_encoder
-        from .roar.runner import run
+        from .roar.encoder_classifier import run_encoder_roar
 
-        chosen = _roar_measures(measures, ig_variant)
-        # eager attention only when the attention measure needs the weights (SDPA is faster for the rest)
-        if dtype not in ("float32", "bfloat16"):
-            raise L2VError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-        encoder = Encoder.from_pretrained(model, max_length=max_length, dtype=dtype,
-                                          attn_implementation="eager" if "attention" in chosen else None)
-        loaded = sst_for_encoder(data / "sst_trees", encoder, limit_train, limit_eval)
-        import hashlib
-
-        name = model.replace("/", "--") if not Path(model).exists() else \
-            f"{Path(model).name}-{hashlib.sha256(str(Path(model).resolve()).encode()).hexdigest()[:8]}"
-        run(loaded, output, chosen, _int_list(seeds, "--seeds"), recursive=recursive,
-            backend=EncoderBackend(encoder, name, ig_steps=ig_steps, ig_variant=ig_variant), ratios=_int_list(ratios, "--ratios"),
-            log=lambda line: typer.echo(line, err=True))
+        run_encoder_roar(model, data, output, measures, _int_list(seeds, "--seeds"), recursive=recursive,
+                         limit_train=limit_train, limit_eval=limit_eval, ratios=_int_list(ratios, "--ratios"),
+                         ig_steps=ig_steps, ig_variant=ig_variant, max_length=max_length, dtype=dtype,
+                         log=lambda line: typer.echo(line, err=True))
         typer.echo(f"done; summarise with: l2v roar report {output}", err=True)
 
     _run(action)
@@ -625,8 +576,8 @@ def roar_synthetic(seed: int = typer.Option(0)):
         result = run(seed=seed)
         for name in ("ground_truth", "recursive", "plain", "random"):
             typer.echo(f"{name:<13} " + " ".join(f"{v:.2f}" for v in result[name]))
-        typer.echo(f"RACU: " + ", ".join(f"{k} {v:.3f}" for k, v in result["racu"].items()))
-        typer.echo(f"area between curve and ground truth: " + ", ".join(f"{k} {v:.4f}" for k, v in result["gap_to_truth"].items()))
+        typer.echo("RACU: " + ", ".join(f"{k} {v:.3f}" for k, v in result["racu"].items()))
+        typer.echo("area between curve and ground truth: " + ", ".join(f"{k} {v:.4f}" for k, v in result["gap_to_truth"].items()))
 
     _run(action)
 

@@ -34,8 +34,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputFileError, L2VError
-from ..fileio import atomic_path, iter_json_records, iter_lines, weights_signature, write_json_atomic
+from typing import Callable
+
+from .distributed import current_process
+from .errors import InputFileError, L2VError
+from .fileio import atomic_path, iter_json_records, iter_lines, weights_signature, write_json_atomic
 
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 FORMATS = (".txt", ".jsonl", ".parquet")
@@ -171,16 +174,16 @@ def _shard_name(index: int) -> str:
 
 
 def _rank_and_world(rank: int | None, world: int | None) -> tuple[int, int]:
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
+    process = current_process()
+    rank = process.rank if rank is None else rank
+    world = process.world if world is None else world
     if world < 1 or not 0 <= rank < world:
         raise L2VError(f"rank {rank} is not within a world of {world} processes")
     return rank, world
 
 
 def _job_record(job: CorpusJob, scanned: dict, encoder) -> dict:
-    from .. import __version__
-    from ..encoder import _hidden_size
+    from . import __version__
 
     return {
         "model": job.model, "encoder_config": asdict(encoder.config) | {"l2v_version": None},
@@ -188,14 +191,14 @@ def _job_record(job: CorpusJob, scanned: dict, encoder) -> dict:
         "input": str(Path(job.input).resolve()), "input_sha256": scanned["input_sha256"], "records": scanned["records"],
         "id_kind": scanned["id_kind"], "shard_size": job.shard_size, "shards": math.ceil(scanned["records"] / job.shard_size),
         "dtype": job.dtype, "compute_dtype": job.compute_dtype, "text_field": job.text_field, "id_field": job.id_field, "instruction": job.instruction,
-        "normalize": job.normalize, "dimension": _hidden_size(encoder.model), "l2v_version": __version__,
+        "normalize": job.normalize, "dimension": encoder.dimension, "l2v_version": __version__,
     }
 
 
 def _weights_signature(model: str, encoder) -> str:
     """Names, sizes and modification times of the weight files (the model folder, its base, its adapters), so shards
     of a model retrained in place are not mixed with new ones."""
-    from ..registry import resolve
+    from .registry import resolve
 
     folders = {Path(resolve(model).location)}
     if encoder.config.base_model not in (".", model):
@@ -215,11 +218,12 @@ def _check_same_job(existing: dict, wanted: dict, folder: Path) -> None:
 
 
 def embed_corpus(job: CorpusJob, rank: int | None = None, world: int | None = None, encoder=None,
-                 show_progress: bool = True, log=print) -> dict:
-    """Run (or resume) ``job``; returns the manifest if this process finished the last shard, else a status."""
+                 show_progress: bool = True, log=print, on_shard_written: Callable[[int], None] | None = None) -> dict:
+    """Run (or resume) ``job``; returns the manifest if this process finished the last shard, else a status.
+    ``on_shard_written(index)`` is called after each shard file is in place."""
     from tqdm.auto import tqdm
 
-    from ..encoder import Encoder
+    from .encoder import Encoder
 
     job.check()
     rank, world = _rank_and_world(rank, world)
@@ -231,7 +235,7 @@ def embed_corpus(job: CorpusJob, rank: int | None = None, world: int | None = No
             import torch
 
             if torch.cuda.is_available():
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"  # one GPU per rank
+                device = f"cuda:{current_process().local_rank % torch.cuda.device_count()}"  # one GPU per rank
         encoder = Encoder.from_pretrained(job.model, max_length=job.max_length, device=device, dtype=job.compute_dtype)
     record = _job_record(job, scanned, encoder)
     output.mkdir(parents=True, exist_ok=True)
@@ -283,7 +287,8 @@ def embed_corpus(job: CorpusJob, rank: int | None = None, world: int | None = No
                 _write_shard(output / _shard_name(shard), stored, id_array)
                 ids, texts = [], []
                 progress.update(1)
-                _maybe_die_for_test(shard)
+                if on_shard_written is not None:
+                    on_shard_written(shard)
     progress.close()
     if truncated:
         log(f"{truncated} texts were longer than {encoder.config.max_length} tokens and were truncated")
@@ -303,15 +308,6 @@ def _write_shard(path: Path, embeddings: np.ndarray, ids: np.ndarray) -> None:
             np.savez(handle, embeddings=embeddings, ids=ids)
             handle.flush()
             os.fsync(handle.fileno())
-
-
-def _maybe_die_for_test(shard: int) -> None:
-    """Test hook: ``L2V_TEST_KILL_AFTER_SHARD=k`` SIGKILLs this process once shard k is written."""
-    value = os.environ.get("L2V_TEST_KILL_AFTER_SHARD")
-    if value is not None and int(value) == shard:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------- reading the result
@@ -337,7 +333,7 @@ def iter_shards(folder: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 def search(folder: str | Path, queries: list[str], top_k: int = 10, instruction: str | None = None,
            encoder=None) -> list[list[tuple[float, object]]]:
     """Exact cosine top-k over every shard: a list of (score, id), best first, per query."""
-    from ..encoder import Encoder
+    from .encoder import Encoder
 
     if top_k < 1:
         raise L2VError(f"--top-k must be at least 1, got {top_k}")
@@ -370,3 +366,25 @@ def search(folder: str | Path, queries: list[str], top_k: int = 10, instruction:
                 else:
                     heapq.heappushpop(heap, item)
     return [[(score, record_id) for score, _, record_id in sorted(heap, reverse=True)] for heap in heaps]
+
+
+def texts_of(folder: str | Path, record_ids) -> dict:
+    """The texts of the given record ids, read back from the job's input file (checked unchanged since it was
+    embedded, so texts and ids match)."""
+    import hashlib
+
+    manifest = load_manifest(folder)
+    wanted = set(record_ids)
+    job = CorpusJob(model=manifest["model"], input=manifest["input"], output=str(folder),
+                    text_field=manifest["text_field"], id_field=manifest["id_field"])
+    if not Path(job.input).exists():
+        raise L2VError(f"the input file {job.input} of {folder} is gone; its texts cannot be shown")
+    digest = hashlib.sha256()
+    texts = {}
+    for record_id, text in iter_records(job, digest):
+        key = record_id if manifest["id_kind"] == "int" else str(record_id)
+        if key in wanted:
+            texts[key] = text
+    if digest.hexdigest() != manifest["input_sha256"]:
+        raise L2VError(f"{job.input} changed since it was embedded into {folder}; its texts would not match the ids")
+    return texts

@@ -11,14 +11,15 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .bidirectional import attention_state, is_bidirectional, model_family, model_inputs, set_attention
+from .batching import pad, token_budget_batches
+from .bidirectional import CAUSAL, AttentionState, is_bidirectional, model_family, model_inputs, set_attention
 from .errors import L2VError, ModelNotFoundError
 from .fileio import atomic_dir
 from .pooling import build_pooling, canonical_pooling
@@ -82,6 +83,14 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+@dataclass(frozen=True)
+class EncodeStats:
+    """What an encode call did: texts cut at ``max_length``, distinct inputs run through the model."""
+
+    truncated: int
+    encoded: int
+
+
 @dataclass
 class Tokenized:
     """One text as token ids plus which of them are pooled (text tokens, not instruction or special tokens)."""
@@ -94,23 +103,25 @@ class Tokenized:
 class Encoder(torch.nn.Module):
     """A decoder LLM used as a text encoder (LLM2Vec). ``Encoder.from_pretrained(...).encode(texts)``."""
 
-    def __init__(self, model, tokenizer, config: EncoderConfig, pooling: torch.nn.Module | None = None, source: str = ""):
+    def __init__(self, model, tokenizer, config: EncoderConfig, pooling: torch.nn.Module | None = None, source: str = "",
+                 attention: AttentionState | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.source = source or config.base_model
-        hidden_size = _hidden_size(model)
-        self.pooling = pooling if pooling is not None else build_pooling(config.pooling, hidden_size, config.pooling_options)
+        # How the backbone's attention runs (bidirectional or causal): the encoder's state, set at load
+        self.attention = attention if attention is not None else AttentionState(False, CAUSAL, model_family(model))
+        self.pooling = pooling if pooling is not None else build_pooling(config.pooling, hidden_size(model), config.pooling_options)
         self.padding_side = "right"
         self.merged_adapter_folders: list[Path] = []  # adapters folded into the backbone at load, saved with it
         self.adapter_folders: list[Path] = []  # every adapter folder loaded, in order (merged ones first)
-        self.last_truncated = 0  # how many texts the last encode()/tokenize() call truncated
-        self.last_encoded = 0  # how many distinct inputs the last encode() ran through the model
+        self.lm_head: torch.nn.Module | None = None  # loaded with with_lm_head=True (MNTP), frozen
+        self.logit_softcap: float | None = None  # Gemma-2/3 cap their final logits
         self._instruction_cache: dict[str, list[int]] = {}
         self._prefix, self._suffix = self._special_tokens()
         placeholder = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-        self._placeholder_id = int(placeholder if placeholder is not None else 0)
+        self.placeholder_id = int(placeholder if placeholder is not None else 0)  # what an empty text is encoded as
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -132,6 +143,7 @@ class Encoder(torch.nn.Module):
         text_format: str | None = None,
         doc_max_length: int | None = None,
         skip_instruction: bool | None = None,
+        with_lm_head: bool = False,
     ) -> "Encoder":
         """Load a built-in name, a Hugging Face id or folder, a saved l2v encoder folder, or a checkpoint in the
         official llm2vec layout (e.g. ``McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp``: its MNTP LoRA is merged
@@ -139,9 +151,10 @@ class Encoder(torch.nn.Module):
 
         Arguments left at ``None`` take the saved encoder's value (for an llm2vec checkpoint, its
         ``llm2vec_config.json``), else the defaults (mean pooling, 512 tokens, bidirectional). ``adapters`` are peft
-        LoRA folders or hub ids applied on top, the last one unmerged unless ``merge_adapters``.
+        LoRA folders or hub ids applied on top, the last one unmerged unless ``merge_adapters``. ``with_lm_head``
+        also loads the causal LM's output layer (frozen) as ``encoder.lm_head``, for MNTP.
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         from . import llm2vec_format
 
@@ -231,7 +244,13 @@ class Encoder(torch.nn.Module):
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, local_files_only=local_only or Path(tokenizer_location).is_dir(),
                                                       trust_remote_code=trust_remote_code)
-            backbone = AutoModel.from_pretrained(weights_location, **load_kwargs)
+            if with_lm_head:
+                language_model = AutoModelForCausalLM.from_pretrained(weights_location, **load_kwargs)
+                backbone = language_model.get_decoder()
+                lm_head = language_model.get_output_embeddings()
+                softcap = getattr(language_model.config, "final_logit_softcapping", None)
+            else:
+                backbone = AutoModel.from_pretrained(weights_location, **load_kwargs)
         except OSError as error:
             gated = llm2vec_format.gated_message(str(weights_location), error, folder if checkpoint is not None else None)
             if gated:
@@ -250,10 +269,10 @@ class Encoder(torch.nn.Module):
                 merged_folders.append(adapter_folder)
         backbone.to(device)
         backbone.eval()
-        set_attention(backbone, config.bidirectional, verify=verify_bidirectional)
+        attention = set_attention(backbone, config.bidirectional, verify=verify_bidirectional)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-        pooling_module = build_pooling(config.pooling, _hidden_size(backbone), config.pooling_options)
+        pooling_module = build_pooling(config.pooling, hidden_size(backbone), config.pooling_options)
         same_pooling = saved is not None and saved.pooling == config.pooling and saved.pooling_options == config.pooling_options
         if same_pooling and (folder / POOLING_WEIGHTS).exists():
             from safetensors.torch import load_file
@@ -262,9 +281,14 @@ class Encoder(torch.nn.Module):
         elif list(pooling_module.parameters()):
             warnings.warn(f"pooling {config.pooling!r} has trainable weights and none were loaded: they are random until trained")
         pooling_module.to(device=device)
-        encoder = cls(backbone, tokenizer, config, pooling_module, source=source)
+        encoder = cls(backbone, tokenizer, config, pooling_module, source=source, attention=attention)
         encoder.merged_adapter_folders = merged_folders
         encoder.adapter_folders = list(adapter_folders)
+        if with_lm_head:
+            lm_head.to(device)
+            for parameter in lm_head.parameters():
+                parameter.requires_grad_(False)
+            encoder.lm_head, encoder.logit_softcap = lm_head, softcap
         encoder.eval()
         return encoder
 
@@ -275,17 +299,8 @@ class Encoder(torch.nn.Module):
         prefix, suffix = special_tokens(tokenizer)
         if self.config.text_format == "llm2vec":  # the official text preparation places BOS/EOS itself
             return prefix, suffix
-        if self.config.pooling == "bos_token":
-            if tokenizer.bos_token_id is None:
-                raise L2VError("pooling 'bos_token' needs a tokenizer with a BOS token; this one has none")
-            if tokenizer.bos_token_id not in prefix:
-                prefix = [tokenizer.bos_token_id] + prefix
-        if self.config.pooling == "eos_token":
-            if tokenizer.eos_token_id is None:
-                raise L2VError("pooling 'eos_token' needs a tokenizer with an EOS token; this one has none")
-            if not suffix or suffix[-1] != tokenizer.eos_token_id:
-                suffix = suffix + [tokenizer.eos_token_id]
-        return prefix, suffix
+        place = getattr(self.pooling, "special_tokens", None)  # a pooling that reads EOS/BOS says where it goes
+        return place(tokenizer, prefix, suffix) if place is not None else (prefix, suffix)
 
     @property
     def text_budget(self) -> int:
@@ -296,7 +311,7 @@ class Encoder(torch.nn.Module):
         """Wrap already-tokenised text (and instruction) ids in the special tokens; only the text is pooled.
         The one place that lays out an input: ``tokenize`` and the ROAR classifier both build on it.
         An empty text becomes one placeholder token (EOS, else pad), so there is always something to pool."""
-        text_ids = list(text_ids) or [self._placeholder_id]
+        text_ids = list(text_ids) or [self.placeholder_id]
         input_ids = self._prefix + list(instruction_ids) + text_ids + self._suffix
         pool = [0] * (len(self._prefix) + len(instruction_ids)) + [1] * len(text_ids) + [0] * len(self._suffix)
         return Tokenized(input_ids, pool)
@@ -318,7 +333,7 @@ class Encoder(torch.nn.Module):
         texts = [text for _, text in pairs]
         text_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         budget = self.text_budget
-        result, truncated = [], 0
+        result = []
         for index, ((instr, _), ids) in enumerate(zip(pairs, text_ids)):
             instr_ids = self._instruction_ids(instr) if instr else []
             room = budget - len(instr_ids)
@@ -327,12 +342,9 @@ class Encoder(torch.nn.Module):
                     f"input {index}: the instruction takes {len(instr_ids)} tokens, leaving no room for the text "
                     f"within max_length={self.config.max_length}"
                 )
-            cut = len(ids) > room
-            truncated += cut
             item = self.from_ids(ids[:room], instr_ids)
-            item.truncated = cut
+            item.truncated = len(ids) > room
             result.append(item)
-        self.last_truncated = truncated
         return result
 
     def _tokenize_llm2vec(self, pairs: list[tuple[str, str]]) -> list[Tokenized]:
@@ -343,25 +355,15 @@ class Encoder(torch.nn.Module):
         laid_out = layout(pairs, self.tokenizer, name_or_path=config.llm2vec_name_or_path, pooling=config.pooling,
                           family=model_family(self.model), max_length=config.max_length,
                           doc_max_length=config.doc_max_length, skip_instruction=config.skip_instruction)
-        result = [Tokenized(ids, mask, truncated) for ids, mask, truncated in laid_out]
-        self.last_truncated = sum(item.truncated for item in result)
-        return result
+        return [Tokenized(ids, mask, truncated) for ids, mask, truncated in laid_out]
 
     def collate(self, batch: Sequence[Tokenized], padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """A padded batch: ``input_ids``, ``attention_mask`` (real tokens) and ``pooling_mask`` (pooled tokens)."""
         side = padding_side or self.padding_side
         if side not in ("left", "right"):
             raise L2VError(f"padding_side must be 'left' or 'right', got {side!r}")
-        length = max(len(item.input_ids) for item in batch)
-        pad_id = self.tokenizer.pad_token_id
-        ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), length), dtype=torch.long)
-        pool = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, item in enumerate(batch):
-            n = len(item.input_ids)
-            span = slice(0, n) if side == "right" else slice(length - n, length)
-            ids[row, span] = torch.tensor(item.input_ids)
-            attention[row, span] = 1
-            pool[row, span] = torch.tensor(item.pooling_mask)
+        ids, attention = pad([item.input_ids for item in batch], self.tokenizer.pad_token_id, side)
+        pool, _ = pad([item.pooling_mask for item in batch], 0, side)
         return {"input_ids": ids, "attention_mask": attention, "pooling_mask": pool}
 
     # ------------------------------------------------------------------ forward
@@ -369,18 +371,39 @@ class Encoder(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        output = self.model(**model_inputs(self.model, input_ids, attention_mask))
-        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+    @property
+    def dimension(self) -> int:
+        """The size of an embedding (the backbone's hidden size)."""
+        return hidden_size(self.model)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Embeddings (with gradients when training) for a collated batch."""
+    def model_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                     inputs_embeds: torch.Tensor | None = None) -> dict:
+        """Keyword arguments for the backbone that run it with this encoder's attention (bidirectional or causal)."""
+        return model_inputs(self.attention, self.model, input_ids, attention_mask, inputs_embeds)
+
+    def forward(self, features: dict[str, torch.Tensor], pool: bool = True, output_attentions: bool = False,
+                output_hidden_states: bool = False):
+        """Embeddings [B, H] (with gradients when training) of a collated batch; ``pool=False``: the last layer's token
+        states [B, T, H]. ``features`` holds ``input_ids`` (or ``inputs_embeds``), ``attention_mask`` and optionally
+        ``pooling_mask``. With ``output_attentions`` / ``output_hidden_states`` the result is ``(result, output)``,
+        the backbone's output carrying them. The one forward of l2v: encoding, training, probes and ROAR use it."""
         device = self.device
-        input_ids = features["input_ids"].to(device)
         attention_mask = features["attention_mask"].to(device)
-        pooling_mask = features.get("pooling_mask", features["attention_mask"]).to(device)
-        hidden = self.token_states(input_ids, attention_mask)
-        return self.pooling(hidden, pooling_mask, attention_mask)
+        embeds = features.get("inputs_embeds")
+        inputs = self.model_inputs(None if embeds is not None else features["input_ids"].to(device), attention_mask,
+                                   None if embeds is None else embeds.to(device))
+        extra = {}
+        if output_attentions:
+            extra["output_attentions"] = True
+        if output_hidden_states:
+            extra["output_hidden_states"] = True
+        output = self.model(**inputs, **extra)
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        result = hidden
+        if pool:
+            pooling_mask = features.get("pooling_mask", features["attention_mask"]).to(device)
+            result = self.pooling(hidden, pooling_mask, attention_mask)
+        return (result, output) if extra else result
 
     # ------------------------------------------------------------------ encoding
     def encode(
@@ -395,6 +418,7 @@ class Encoder(torch.nn.Module):
         truncate_dim: int | None = None,
         convert_to: str = "numpy",
         quantization_ranges: np.ndarray | None = None,
+        return_stats: bool = False,
     ):
         """Encode texts (or ``(instruction, text)`` pairs) into one row each, in input order.
 
@@ -402,7 +426,8 @@ class Encoder(torch.nn.Module):
         tokens); a text's embedding does not depend on which batch it lands in.
         ``truncate_dim`` keeps the first dimensions (Matryoshka) before normalising. ``precision``: float32,
         float16, int8 (scaled from [-1, 1] when normalised, else from ``quantization_ranges`` [2, dim]),
-        binary (packed bits as int8, offset -128) or ubinary (packed bits as uint8).
+        binary (packed bits as int8, offset -128) or ubinary (packed bits as uint8). With ``return_stats`` the
+        result is ``(embeddings, EncodeStats)``: how many texts were truncated and how many distinct inputs ran.
         """
         if precision not in PRECISIONS:
             raise L2VError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -413,16 +438,17 @@ class Encoder(torch.nn.Module):
         single = isinstance(texts, str)  # one (instruction, text) pair is passed as [(instruction, text)]
         items = [texts] if single else list(texts)
         all_tokenized = self.tokenize(items, instruction=instruction)
-        truncated = self.last_truncated
-        output = self.embed_tokenized(all_tokenized, batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
-                                      normalize=normalize, truncate_dim=truncate_dim, show_progress=show_progress)
-        self.last_truncated = truncated
+        truncated = sum(item.truncated for item in all_tokenized)
+        output, stats = self.embed_tokenized(all_tokenized, batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
+                                             normalize=normalize, truncate_dim=truncate_dim, show_progress=show_progress,
+                                             return_stats=True)
         if truncated:
             logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated", truncated, len(items), self.config.max_length)
         result = _quantize(output.numpy(), precision, normalize, quantization_ranges)
         if single:
             result = result[0]
-        return torch.from_numpy(result) if convert_to == "torch" else result
+        result = torch.from_numpy(result) if convert_to == "torch" else result
+        return (result, stats) if return_stats else result
 
     def embed_tokenized(
         self,
@@ -432,17 +458,19 @@ class Encoder(torch.nn.Module):
         normalize: bool = True,
         truncate_dim: int | None = None,
         show_progress: bool = False,
-    ) -> torch.Tensor:
-        """Float32 embeddings (CPU tensor, one row per item, in order) of already tokenised inputs.
+        return_stats: bool = False,
+    ):
+        """Float32 embeddings (CPU tensor, one row per item, in order) of already tokenised inputs; with
+        ``return_stats``, ``(embeddings, EncodeStats)``.
 
         The one place the model runs at inference: ``encode``, the server's micro-batcher and the corpus job all
         come here. Identical inputs are run once (exact, since an embedding does not depend on its batch).
         """
         if batch_size < 1:
             raise L2VError(f"batch_size must be at least 1, got {batch_size}")
-        hidden_size = _hidden_size(self.model)
-        if truncate_dim is not None and not 1 <= truncate_dim <= hidden_size:
-            raise L2VError(f"truncate_dim must be between 1 and {hidden_size}, got {truncate_dim}")
+        size = self.dimension
+        if truncate_dim is not None and not 1 <= truncate_dim <= size:
+            raise L2VError(f"truncate_dim must be between 1 and {size}, got {truncate_dim}")
         first_of: dict[tuple, int] = {}
         source_row = []
         for item in tokenized:
@@ -451,10 +479,9 @@ class Encoder(torch.nn.Module):
         distinct: list = [None] * len(first_of)
         for item, row in zip(tokenized, source_row):
             distinct[row] = item
-        self.last_encoded = len(distinct)  # distinct inputs actually run through the model
-        dim = truncate_dim or hidden_size
+        dim = truncate_dim or size
         output = torch.empty((len(distinct), dim), dtype=torch.float32)
-        batches = list(_token_budget_batches([len(t.input_ids) for t in distinct], batch_size, max_tokens_per_batch))
+        batches = token_budget_batches([len(t.input_ids) for t in distinct], batch_size, max_tokens_per_batch)
         was_training = self.training
         self.eval()
         progress = tqdm(total=len(distinct), desc="Encoding", unit="text", disable=not show_progress)
@@ -472,7 +499,8 @@ class Encoder(torch.nn.Module):
             self.train(was_training)
         if len(distinct) != len(tokenized):
             output = output[torch.tensor(source_row, dtype=torch.long)]
-        return output
+        stats = EncodeStats(truncated=sum(item.truncated for item in tokenized), encoded=len(distinct))
+        return (output, stats) if return_stats else output
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path, merge_adapters: bool = False, save_base_weights: bool = False, overwrite: bool = False) -> Path:
@@ -516,14 +544,14 @@ class Encoder(torch.nn.Module):
 
     # ------------------------------------------------------------------ description
     def info(self) -> dict:
-        state = attention_state(self.model)
+        state = self.attention
         backbone = self.model
-        holds = is_bidirectional(backbone) if state.bidirectional else False
+        holds = is_bidirectional(backbone, state) if state.bidirectional else False
         return {
             "family": model_family(backbone),
             "architecture": type(backbone).__name__,
             "parameters": sum(p.numel() for p in backbone.parameters()),
-            "hidden_size": _hidden_size(backbone),
+            "hidden_size": self.dimension,
             "layers": getattr(getattr(backbone, "config", None), "num_hidden_layers", None),
             "bidirectional_requested": self.config.bidirectional,
             "bidirectional_verified": holds,
@@ -541,7 +569,8 @@ LLM2Vec = Encoder  # the name users of the official package know
 
 
 # ---------------------------------------------------------------------- helpers
-def _hidden_size(model) -> int:
+def hidden_size(model) -> int:
+    """A transformers model's hidden size, whatever its config calls it."""
     config = model.config
     for name in ("hidden_size", "d_model", "n_embd"):
         if getattr(config, name, None):
@@ -586,20 +615,6 @@ def _normalise_items(items: Sequence, instruction: str | None) -> list[tuple[str
     return pairs
 
 
-def _token_budget_batches(lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterable[list[int]]:
-    """Longest first, so the first batch shows the peak memory; a batch's padded size stays under the budget."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch: list[int] = []
-    for index in order:
-        longest = lengths[batch[0]] if batch else lengths[index]
-        if batch and (len(batch) >= batch_size or (max_tokens and longest * (len(batch) + 1) > max_tokens)):
-            yield batch
-            batch = []
-        batch.append(index)
-    if batch:
-        yield batch
-
-
 def _quantize(embeddings: np.ndarray, precision: str, normalized: bool, ranges) -> np.ndarray:
     if precision == "float32":
         return embeddings
@@ -641,7 +656,7 @@ def apply_adapters(backbone, folder: Path, merge: bool):
             raise
         shapes = [line.strip() for line in str(error).splitlines() if "size mismatch" in line][:1]
         raise L2VError(f"{folder}: the adapter does not fit this base model ({type(backbone).__name__}, hidden size "
-                       f"{_hidden_size(backbone)}); it was trained for another base ({'; '.join(shapes)})") from None
+                       f"{hidden_size(backbone)}); it was trained for another base ({'; '.join(shapes)})") from None
     from peft.utils import get_peft_model_state_dict
     from safetensors import safe_open
 
@@ -673,9 +688,9 @@ class _plain_configs:
     KEYS = ("is_causal", "_l2v_original_is_causal")
 
     def __init__(self, model):
-        from .bidirectional import _configs
+        from .bidirectional import attention_configs
 
-        self.configs = _configs(model)
+        self.configs = attention_configs(model)
         self.saved = []
 
     def __enter__(self):

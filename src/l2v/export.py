@@ -53,9 +53,7 @@ class SentenceTransformerModule(InputModule):
         self.encoder.config.max_length = int(value)
 
     def get_sentence_embedding_dimension(self) -> int:
-        from .encoder import _hidden_size
-
-        return _hidden_size(self.encoder.model)
+        return self.encoder.dimension
 
     def preprocess(self, inputs, prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
         items = []

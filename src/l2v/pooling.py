@@ -4,6 +4,9 @@ Every pooling is a small ``nn.Module`` with one interface::
 
     pooling(hidden_states [B, T, H], pooling_mask [B, T], attention_mask [B, T]) -> [B, H]
 
+A pooling that reads a special token (EOS, BOS) also says where that token goes around a text:
+``special_tokens(tokenizer, prefix, suffix) -> (prefix, suffix)``; the encoder lays out every input with it.
+
 ``attention_mask`` marks real tokens (1) versus padding (0). ``pooling_mask`` marks the tokens that may be
 pooled: real text tokens, *not* instruction tokens (they attend and are attended to, but are not averaged) and
 never padding. Everything is vectorised over the batch and independent of the padding side.
@@ -52,7 +55,7 @@ def _gather_position(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class LastTokenPooling(nn.Module):
-    """The state of the last real token (with ``eos_token`` pooling the encoder appends EOS so that token is it)."""
+    """The state of the last real token."""
 
     name = "last_token"
 
@@ -63,10 +66,30 @@ class LastTokenPooling(nn.Module):
         return _gather_position(hidden_states, last)
 
 
+class EosTokenPooling(LastTokenPooling):
+    """The state of an EOS token appended after the text (the tokenizer's own, when it does not end in one)."""
+
+    name = "eos_token"
+
+    def special_tokens(self, tokenizer, prefix: list[int], suffix: list[int]) -> tuple[list[int], list[int]]:
+        if tokenizer.eos_token_id is None:
+            raise L2VError("pooling 'eos_token' needs a tokenizer with an EOS token; this one has none")
+        if not suffix or suffix[-1] != tokenizer.eos_token_id:
+            suffix = suffix + [tokenizer.eos_token_id]
+        return prefix, suffix
+
+
 class FirstTokenPooling(nn.Module):
-    """The state of the first real token (with ``bos_token`` pooling the encoder makes sure it is BOS)."""
+    """The state of the first real token: a BOS token put before the text (when the tokenizer does not)."""
 
     name = "bos_token"
+
+    def special_tokens(self, tokenizer, prefix: list[int], suffix: list[int]) -> tuple[list[int], list[int]]:
+        if tokenizer.bos_token_id is None:
+            raise L2VError("pooling 'bos_token' needs a tokenizer with a BOS token; this one has none")
+        if tokenizer.bos_token_id not in prefix:
+            prefix = [tokenizer.bos_token_id] + prefix
+        return prefix, suffix
 
     def forward(self, hidden_states, pooling_mask, attention_mask):
         length = attention_mask.shape[1]
@@ -121,7 +144,7 @@ class LatentAttentionPooling(nn.Module):
 POOLING_MODES = {
     "mean": MeanPooling,
     "weighted_mean": WeightedMeanPooling,
-    "eos_token": LastTokenPooling,
+    "eos_token": EosTokenPooling,
     "last_token": LastTokenPooling,
     "bos_token": FirstTokenPooling,
     "latent_attention": LatentAttentionPooling,

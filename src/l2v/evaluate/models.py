@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +132,7 @@ class EvalModel:
         return self._word_features[key]
 
     def _compute_word_features(self, sentences, layer, subword, read_previous, batch_size) -> list[np.ndarray]:
-        from ..bidirectional import model_inputs
+        from ..batching import pad, token_budget_batches
         from ..encoder import special_tokens
 
         model, tokenizer = self._backbone_and_tokenizer()
@@ -152,21 +151,14 @@ class EvalModel:
             cursor += len(words)
             ids = (ids + suffix)[:max_length]
             examples.append((ids, spans))
-        order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
         result: list[np.ndarray | None] = [None] * len(examples)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         device = next(model.parameters()).device
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = order[start: start + batch_size]
-                length = max(len(examples[i][0]) for i in batch)
-                ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for row, i in enumerate(batch):
-                    ids[row, : len(examples[i][0])] = torch.tensor(examples[i][0])
-                    mask[row, : len(examples[i][0])] = 1
-                if self.kind == "l2v":
-                    output = model(**model_inputs(model, ids.to(device), mask.to(device)), output_hidden_states=True)
+            for batch in token_budget_batches([len(ids) for ids, _ in examples], batch_size):
+                ids, mask = pad([examples[i][0] for i in batch], pad_id)
+                if self.kind == "l2v":  # the encoder's own forward: its attention (bidirectional or causal)
+                    _, output = self.backend({"input_ids": ids, "attention_mask": mask}, pool=False, output_hidden_states=True)
                 else:
                     output = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
                 states = output.hidden_states[layer].float().cpu()

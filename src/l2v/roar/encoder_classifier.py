@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from ..bidirectional import model_family, model_inputs
+from ..batching import pad, token_budget_batches
+from ..bidirectional import model_family
 from .data import RoarData, Split
 from .importance import importance
 from .training import scores as performance_scores
@@ -24,10 +25,8 @@ from .training import scores as performance_scores
 class EncoderClassifier(torch.nn.Module):
     def __init__(self, encoder, classes: int):
         super().__init__()
-        from ..encoder import _hidden_size
-
         self.encoder = encoder
-        self.output = torch.nn.Linear(_hidden_size(encoder.model), classes)
+        self.output = torch.nn.Linear(encoder.dimension, classes)
         self.embedding = encoder.model.get_input_embeddings()
         self.want_attention = False
         self._layout = (None, None)  # (lengths, tensors) of the last batch: a measure calls forward many times on it
@@ -48,11 +47,12 @@ class EncoderClassifier(torch.nn.Module):
         ids, attention, text = self._wrap(mask)
         full = self.embedding(ids).detach().clone()
         full[text] = embedded[mask].to(full.dtype)  # the text positions take the (differentiable) given embeddings
-        inputs = model_inputs(self.encoder.model, ids, attention)
-        inputs.pop("input_ids")
-        output = self.encoder.model(inputs_embeds=full, output_attentions=self.want_attention, **inputs)
-        hidden = output.last_hidden_state
-        pooled = torch.nn.functional.normalize(self.encoder.pooling(hidden, text.long(), attention).float(), dim=-1)
+        features = {"inputs_embeds": full, "attention_mask": attention, "pooling_mask": text.long()}
+        if self.want_attention:
+            pooled, output = self.encoder(features, output_attentions=True)
+        else:
+            pooled, output = self.encoder(features), None
+        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
         logits = self.output(pooled)  # the head was fitted on normalised embeddings (``embed_tokenized``'s default)
         if self.want_attention and not output.attentions:
             raise RuntimeError("the attention measure needs the encoder loaded with attn_implementation='eager'")
@@ -80,7 +80,7 @@ def sst_for_encoder(folder, encoder, limit_train: int | None = None, limit_eval:
     splits = {}
     for name, (texts, labels) in load_sst_texts(Path(folder)).items():
         ids = encoder.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        splits[name] = Split([row[:budget] or [encoder._placeholder_id] for row in ids], labels)
+        splits[name] = Split([row[:budget] or [encoder.placeholder_id] for row in ids], labels)
     data = RoarData("sst", [], ["negative", "positive"], splits)
     return data.limit(limit_train, limit_eval) if limit_train or limit_eval else data
 
@@ -148,16 +148,10 @@ class EncoderBackend:
         matrix = self.encoder.model.get_input_embeddings().weight.detach().float()
         gram = matrix.T @ matrix if measure == "gradient" else None  # once per split, not per batch
         result: list = [None] * len(split)
-        order = np.argsort([len(t) for t in split.tokens], kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start: start + self.batch_size]
-            rows = [split.tokens[i] for i in indices]
-            width = max(len(r) for r in rows)
-            tokens = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.bool)
-            for i, row in enumerate(rows):
-                tokens[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = True
+        for indices in token_budget_batches([len(t) for t in split.tokens], self.batch_size, longest_first=False):
+            indices = np.asarray(indices)
+            tokens, mask = pad([split.tokens[i] for i in indices], 0)
+            mask = mask.bool()
             labels = torch.as_tensor(split.labels[indices])
             values = importance(model, tokens.to(self.device), mask.to(self.device), labels.to(self.device), measure,
                                 generator=generator, ig_steps=self.ig_steps, ig_variant=self.ig_variant,
@@ -166,3 +160,37 @@ class EncoderBackend:
                 result[index] = values[row, : len(split.tokens[index])]
         model.want_attention = False
         return result
+
+
+def run_name(model: str) -> str:
+    """The cache folder name of an encoder: a hub id or built-in name as is, a local folder by its name and path."""
+    import hashlib
+    from pathlib import Path
+
+    if not Path(model).exists():
+        return model.replace("/", "--")
+    return f"{Path(model).name}-{hashlib.sha256(str(Path(model).resolve()).encode()).hexdigest()[:8]}"
+
+
+def run_encoder_roar(model: str, data_folder, output, measures, seeds: list[int], recursive: bool = True,
+                     limit_train: int | None = None, limit_eval: int | None = None, ratios: list[int] | None = None,
+                     ig_steps: int = 50, ig_variant: str = "official", max_length: int = 128, dtype: str = "float32",
+                     log=print) -> list[dict]:
+    """Recursive ROAR for an l2v encoder + a linear head on SST-2 (``data_folder`` holds sst_trees/); resumable."""
+    from pathlib import Path
+
+    from ..encoder import Encoder
+    from ..errors import L2VError
+    from .importance import check_measures
+    from .runner import run
+
+    chosen = check_measures(measures, ig_variant)
+    if dtype not in ("float32", "bfloat16"):
+        raise L2VError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    # eager attention only when the attention measure needs the weights (SDPA is faster for the rest)
+    encoder = Encoder.from_pretrained(model, max_length=max_length, dtype=dtype,
+                                      attn_implementation="eager" if "attention" in chosen else None)
+    loaded = sst_for_encoder(Path(data_folder) / "sst_trees", encoder, limit_train, limit_eval)
+    extra = {"ratios": ratios} if ratios is not None else {}
+    return run(loaded, output, chosen, seeds, recursive=recursive,
+               backend=EncoderBackend(encoder, run_name(model), ig_steps=ig_steps, ig_variant=ig_variant), log=log, **extra)

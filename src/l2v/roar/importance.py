@@ -80,3 +80,16 @@ def importance(model, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Te
     finally:
         model.train(was_training)
     return scores.masked_fill(~mask, float("-inf"))
+
+
+def check_measures(measures: list[str] | str, ig_variant: str = "official") -> list[str]:
+    """The measures asked for (a list or a comma-separated string), checked, with the integrated-gradients variant."""
+    from ..errors import L2VError
+
+    chosen = [m.strip() for m in (measures.split(",") if isinstance(measures, str) else measures) if m.strip()]
+    unknown = [m for m in chosen if m not in MEASURES]
+    if unknown or not chosen:
+        raise L2VError(f"unknown measure {(unknown or [measures])[0]!r}; choose from: {', '.join(MEASURES)}")
+    if ig_variant not in ("official", "textbook"):
+        raise L2VError(f"--ig-variant must be official or textbook, got {ig_variant!r}")
+    return chosen

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+from ..batching import pad, token_budget_batches
+
 from .data import PAD, RoarData, Split
 from .importance import importance
 from .models import build_model
@@ -33,12 +35,8 @@ class TrainSettings:
 
 
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), length), PAD, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    mask = (torch.arange(length)[None, :] < torch.tensor([len(r) for r in rows])[:, None])
-    return tokens, mask
+    tokens, mask = pad(rows, PAD)
+    return tokens, mask.bool()
 
 
 def batches(split: Split, indices, device):
@@ -53,10 +51,9 @@ def batches(split: Split, indices, device):
 
 
 def _ordered(split: Split, batch_size: int):
-    """Length-sorted batches for evaluation (less padding); yields index arrays."""
-    order = np.argsort([len(t) for t in split.tokens], kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start: start + batch_size]
+    """Length-sorted batches for evaluation (less padding), shortest first; yields index arrays."""
+    for batch in token_budget_batches([len(t) for t in split.tokens], batch_size, longest_first=False):
+        yield np.asarray(batch)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ import numpy as np
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' string annotations here
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from ..encoder import Encoder, _hidden_size
+from ..encoder import Encoder
 from ..errors import L2VError
 from .batcher import MicroBatcher, QueueFull
 
@@ -154,7 +154,7 @@ def create_app(encoder: Encoder, settings: ServerSettings):
                            max_queue_texts=settings.max_queue_texts, batching=settings.batching, max_wait_ms=settings.max_wait_ms)
     tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2v-tokenize")  # HF tokenizers: one caller at a time
     metrics = _Metrics() if settings.metrics else None
-    hidden_size = _hidden_size(encoder.model)
+    hidden_size = encoder.dimension
     started = time.time()
 
     @asynccontextmanager

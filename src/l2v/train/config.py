@@ -11,7 +11,6 @@ import yaml
 
 from ..errors import L2VError
 
-STAGES = ("mntp", "simcse", "supervised")
 
 
 @dataclass
@@ -67,18 +66,18 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 1
     dtype: str = "float32"
+    mixed_precision: str = "no"  # "bf16": autocast the forward to bfloat16 (weights and optimizer stay as loaded)
+    gradient_accumulation_steps: int = 1  # micro-batches of batch_size per process in one optimizer step
+    trackers: list[str] = field(default_factory=list)  # accelerate trackers beside metrics.jsonl, e.g. [tensorboard]
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, same result
     lora: LoraConfig = field(default_factory=LoraConfig)
     mntp: MntpOptions = field(default_factory=MntpOptions)
     contrastive: ContrastiveOptions = field(default_factory=ContrastiveOptions)
 
-    def temperature(self) -> float:
-        if self.contrastive.temperature is not None:
-            return self.contrastive.temperature
-        return 0.02 if self.stage == "supervised" else 0.05
 
-
-def _build(cls, values: Any, where: str, source: str):
+def from_mapping(cls, values: Any, where: str, source: str):
+    """A config dataclass from a mapping (nested dataclasses from nested mappings); an unknown key is an error
+    naming it and ``source``."""
     if not isinstance(values, dict):
         raise L2VError(f"{source}: {where or 'the config'} must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -89,7 +88,7 @@ def _build(cls, values: Any, where: str, source: str):
     for name, value in values.items():
         nested = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         if nested is not None and dataclasses.is_dataclass(nested):
-            kwargs[name] = _build(nested, value or {}, f"{where + '.' if where else ''}{name}", source)
+            kwargs[name] = from_mapping(nested, value or {}, f"{where + '.' if where else ''}{name}", source)
         else:
             kwargs[name] = value
     try:
@@ -119,7 +118,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     for required in ("stage", "model", "output"):
         if required not in values:
             raise L2VError(f"{path}: missing config key {required!r}")
-    config = _build(TrainConfig, values, "", str(path))
+    config = from_mapping(TrainConfig, values, "", str(path))
     validate(config, str(path))
     return config
 
@@ -127,9 +126,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
 def validate(config: "TrainConfig", source: str, prefix: str = "") -> None:
     """Every check a training config gets before anything is loaded (``l2v train`` and each stage of ``l2v
     convert``); ``prefix`` names the key's place in the file (``stages.simcse.``)."""
-    if config.stage not in STAGES:
-        raise L2VError(f"{source}: {prefix}stage must be one of {', '.join(STAGES)}, got {config.stage!r}")
-    for name in ("batch_size", "steps", "save_every", "max_length", "encoder_max_length", "log_every"):
+    from .objectives import OBJECTIVES
+
+    if config.stage not in OBJECTIVES:
+        raise L2VError(f"{source}: {prefix}stage must be one of {', '.join(OBJECTIVES)}, got {config.stage!r}")
+    for name in ("batch_size", "steps", "save_every", "max_length", "encoder_max_length", "log_every",
+                 "gradient_accumulation_steps"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise L2VError(f"{source}: {prefix}{name} must be a positive integer, got {value!r}")
@@ -138,12 +140,17 @@ def validate(config: "TrainConfig", source: str, prefix: str = "") -> None:
     if config.dtype not in TRAIN_DTYPES:
         hint = "; float16 training would need a loss scaler: use bfloat16" if config.dtype == "float16" else ""
         raise L2VError(f"{source}: {prefix}dtype must be one of {', '.join(TRAIN_DTYPES)}, got {config.dtype!r}{hint}")
+    if config.mixed_precision not in MIXED_PRECISIONS:
+        raise L2VError(f"{source}: {prefix}mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {config.mixed_precision!r}")
+    if not isinstance(config.trackers, list) or not all(isinstance(t, str) for t in config.trackers):
+        raise L2VError(f"{source}: {prefix}trackers must be a list of tracker names (e.g. [tensorboard]), got {config.trackers!r}")
     if not config.data.train and not config.data.hub:
         raise L2VError(f"{source}: {prefix}data.train (a local file) or {prefix}data.hub (a dataset name) is required")
     coerce_numbers(config, f"{source}: {prefix.rstrip('.')}" if prefix else source)
 
 
 TRAIN_DTYPES = ("float32", "bfloat16")
+MIXED_PRECISIONS = ("no", "bf16")  # fp16 would need a loss scaler
 
 
 def coerce_numbers(config: "TrainConfig", source: str) -> None:

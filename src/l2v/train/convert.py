@@ -21,10 +21,12 @@ import shutil
 from pathlib import Path
 
 from ..errors import L2VError
-from .config import STAGES, TrainConfig, _build, read_yaml, validate
+from .config import TrainConfig, from_mapping, read_yaml, validate
 from .runner import train
 
 CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
+# The LLM2Vec recipe, in order: each stage trains on the merged adapters of the stages before it
+RECIPE = ("mntp", "simcse", "supervised")
 
 
 def load_convert_config(path: str | Path) -> dict:
@@ -37,22 +39,22 @@ def load_convert_config(path: str | Path) -> dict:
         if key not in values:
             raise L2VError(f"{path}: missing config key {key!r}")
     stages = values["stages"] or {}
-    unknown_stages = set(stages) - set(STAGES)
+    unknown_stages = set(stages) - set(RECIPE)
     if unknown_stages:
-        raise L2VError(f"{path}: unknown stage {sorted(unknown_stages)[0]!r} (stages: {', '.join(STAGES)})")
+        raise L2VError(f"{path}: unknown stage {sorted(unknown_stages)[0]!r} (stages: {', '.join(RECIPE)})")
     if "mntp" not in stages or not ({"simcse", "supervised"} & set(stages)):
         raise L2VError(f"{path}: stages needs mntp and at least one of simcse, supervised")
     configs = {}
     output = Path(values["output"])
     below: list[str] = []  # the adapters every later stage trains on top of, merged in this order
-    for stage in STAGES:
+    for stage in RECIPE:
         if stage not in stages:
             continue
         stage_values = dict(stages[stage] or {})
         for reserved in ("stage", "model", "output", "adapters"):
             if reserved in stage_values:
                 raise L2VError(f"{path}: stages.{stage}.{reserved} is set by convert; remove it")
-        configs[stage] = _build(TrainConfig, {**stage_values, "stage": stage, "model": values["model"],
+        configs[stage] = from_mapping(TrainConfig, {**stage_values, "stage": stage, "model": values["model"],
                                               "output": str(output / stage), "adapters": list(below)}, f"stages.{stage}", str(path))
         validate(configs[stage], str(path), prefix=f"stages.{stage}.")
         # MNTP -> SimCSE -> supervised: with both contrastive stages, supervised starts from MNTP + SimCSE

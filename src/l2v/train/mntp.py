@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..bidirectional import model_inputs
+from ..batching import length_groups, pad
+from ..bidirectional import model_family
 from ..errors import L2VError
+from .objectives import Objective
 
 # Mask token when the tokenizer has none. The paper uses "_" for Llama-family tokenizers; the same choice is
 # used for the other families whose tokenizers lack a mask token.
@@ -86,44 +88,40 @@ def mask_for_mntp(input_ids: torch.Tensor, attention_mask: torch.Tensor, special
     return corrupted, labels
 
 
-def mntp_loss(backbone, lm_head, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+def _states(forward, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return forward({"input_ids": input_ids, "attention_mask": attention_mask}, pool=False)
+
+
+def _selected_loss(lm_head, states: torch.Tensor, targets: torch.Tensor, logit_softcap: float | None) -> torch.Tensor:
+    logits = lm_head(states)
+    if logit_softcap:  # Gemma-2/3 cap their final logits
+        logits = torch.tanh(logits / logit_softcap) * logit_softcap
+    return F.cross_entropy(logits.float(), targets)
+
+
+def mntp_loss(forward, lm_head, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
               logit_softcap: float | None = None) -> torch.Tensor:
-    """Cross-entropy of the token at i predicted from the output at i-1, over selected positions only."""
-    output = backbone(**model_inputs(backbone, input_ids, attention_mask))
-    hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-    targets = labels[:, 1:]
+    """Cross-entropy of the token at i predicted from the output at i-1, over selected positions only.
+    ``forward`` is an encoder's forward (``forward(features, pool=False)`` gives token states)."""
+    hidden = _states(forward, input_ids, attention_mask)
+    targets = labels.to(hidden.device)[:, 1:]
     selected = targets != -100
     if not bool(selected.any()):
         return hidden.sum() * 0.0  # keeps the graph (and distributed gradient sync) intact
-    logits = lm_head(hidden[:, :-1][selected])
-    if logit_softcap:  # Gemma-2/3 cap their final logits
-        logits = torch.tanh(logits / logit_softcap) * logit_softcap
-    return F.cross_entropy(logits.float(), targets[selected])
+    return _selected_loss(lm_head, hidden[:, :-1][selected], targets[selected], logit_softcap)
 
 
-def mntp_loss_grouped(backbone, lm_head, items: list[tuple[list[int], list[int]]], pad_id: int,
+def mntp_loss_grouped(forward, lm_head, items: list[tuple[list[int], list[int]]], pad_id: int,
                       logit_softcap: float | None = None, min_tokens: int = 256) -> torch.Tensor:
     """``mntp_loss`` over a batch given as per-text (corrupted ids, labels), run in length groups (see
-    ``batching``): the hidden states of the selected positions of every group meet in one LM-head product and
+    ``l2v.batching``): the hidden states of the selected positions of every group meet in one LM-head product and
     one cross-entropy, so the loss equals the padded full batch's."""
-    from .batching import length_groups
-
-    device = next(backbone.parameters()).device
     selected_states, targets = [], []
     for group in length_groups([len(ids) for ids, _ in items], min_tokens=min_tokens):
-        length = max(len(items[i][0]) for i in group)
-        input_ids = torch.full((len(group), length), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(group), length), dtype=torch.long)
-        labels = torch.full((len(group), length), -100, dtype=torch.long)
-        for row, index in enumerate(group):
-            ids, text_labels = items[index]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-            labels[row, : len(ids)] = torch.tensor(text_labels)
-        input_ids, attention, labels = input_ids.to(device), attention.to(device), labels.to(device)
-        output = backbone(**model_inputs(backbone, input_ids, attention))
-        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        shifted = labels[:, 1:]
+        input_ids, attention = pad([items[i][0] for i in group], pad_id)
+        labels, _ = pad([items[i][1] for i in group], -100)
+        hidden = _states(forward, input_ids, attention)
+        shifted = labels.to(hidden.device)[:, 1:]
         chosen = shifted != -100
         selected_states.append(hidden[:, :-1][chosen])
         targets.append(shifted[chosen])
@@ -131,7 +129,32 @@ def mntp_loss_grouped(backbone, lm_head, items: list[tuple[list[int], list[int]]
     states = torch.cat(selected_states)
     if states.shape[0] == 0:
         return anchor.sum() * 0.0  # keeps the graph (and distributed gradient sync) intact
-    logits = lm_head(states)
-    if logit_softcap:
-        logits = torch.tanh(logits / logit_softcap) * logit_softcap
-    return F.cross_entropy(logits.float(), torch.cat(targets))
+    return _selected_loss(lm_head, states, torch.cat(targets), logit_softcap)
+
+
+class MntpObjective(Objective):
+    """Step 2: each text's tokens masked from a seed; the frozen LM head predicts them one position later."""
+
+    name = "mntp"
+    needs_lm_head = True
+
+    def prepare(self, encoder) -> None:
+        super().prepare(encoder)
+        self.mask_id = mask_token_id(encoder.tokenizer, model_family(encoder.model), self.config.mntp.mask_token)
+        head = encoder.lm_head
+        self.vocab_size = head.out_features if hasattr(head, "out_features") else encoder.model.config.vocab_size
+
+    def mask(self, batch: list[str], seed: int) -> list[tuple[list[int], list[int]]]:
+        """Per text (corrupted ids, labels) for a step's ``seed``: the masks do not depend on the process count."""
+        encoder = self.encoder
+        features = encoder.collate(encoder.tokenize(batch), padding_side="right")
+        special = features["pooling_mask"].eq(0) & features["attention_mask"].bool()
+        generator = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)  # a stream apart from dropout's
+        corrupted, labels = mask_for_mntp(features["input_ids"], features["attention_mask"], special, self.mask_id,
+                                          self.vocab_size, MaskingConfig(probability=self.config.mntp.probability), generator)
+        lengths = features["attention_mask"].sum(dim=1).tolist()
+        return [(corrupted[row, :n].tolist(), labels[row, :n].tolist()) for row, n in enumerate(lengths)]
+
+    def loss(self, forward, batch: list[str], seed: int) -> torch.Tensor:
+        return mntp_loss_grouped(forward, self.encoder.lm_head, self.mask(batch, seed), self.encoder.tokenizer.pad_token_id,
+                                 self.encoder.logit_softcap)

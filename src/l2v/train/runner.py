@@ -1,51 +1,43 @@
-"""The training loop for all three stages: deterministic, checkpointed, resumable, distributed.
+"""The training loop for every objective: deterministic, checkpointed, resumable, distributed, on accelerate.
 
-* Every step's randomness (MNTP masks, dropout) is drawn from a seed derived from (seed, step, rank), and the
-  data order from (seed, epoch), so a run resumed from a checkpoint computes exactly the losses an
+* The loop knows no objective by name (``l2v.train.objectives``): it reads the objective's examples, draws global
+  batches from its groups, and asks it for the loss of this process's slice.
+* Hugging Face ``accelerate`` sets up the processes (``torchrun`` or ``accelerate launch``; gloo on CPU, nccl on
+  GPU), wraps the encoder for bucketed DDP gradient sync, runs bf16 autocast (``mixed_precision: bf16``) and
+  optional trackers (``trackers: [tensorboard]``) beside ``metrics.jsonl``; ``gradient_accumulation_steps``
+  micro-batches make one optimizer step, synchronised once.
+* Every micro-batch's randomness (MNTP masks, dropout) is drawn from a seed derived from (seed, micro-batch,
+  rank), and the data order from (seed, epoch), so a run resumed from a checkpoint computes exactly the losses an
   uninterrupted run computes.
 * A checkpoint (trainable weights, optimizer and scheduler state, step) is a folder written atomically every
-  ``save_every`` steps, in safetensors and JSON; ``metrics.jsonl`` is cut back to the checkpoint on resume.
-* Under ``torchrun`` each process takes its slice of the global batch, contrastive negatives are gathered
-  across processes, and gradients are averaged (gloo on CPU, nccl on GPU).
+  ``save_every`` steps, in safetensors and JSON, tied to the config and the adapters it started from;
+  ``metrics.jsonl`` is cut back to the checkpoint on resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..errors import L2VError
 from ..fileio import atomic_dir, atomic_path, write_json_atomic
 from .config import TrainConfig
-from .data import load_texts, load_triples
+from .objectives import Objective, objective_class
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-
-
-# ---------------------------------------------------------------------- distributed set-up
-def _init_distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():  # before the process group, so collectives use this process's GPU
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _step_seed(config: TrainConfig, step: int, rank: int) -> int:
@@ -84,7 +76,8 @@ class BatchPlan:
 
 
 # ---------------------------------------------------------------------- models
-def _apply_lora(model, config: TrainConfig):
+def apply_lora(model, config: TrainConfig):
+    """Put a fresh LoRA (config.lora) on every linear projection of the decoder layers, or on the modules named."""
     from peft import LoraConfig, get_peft_model
 
     linear = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
@@ -114,125 +107,23 @@ def _apply_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
-class Stage:
-    """What differs between MNTP, SimCSE and supervised: the model, one step's loss, and the saved encoder."""
+def load_objective(config: TrainConfig, device: torch.device | str | None = None) -> Objective:
+    """The objective of ``config.stage`` with its examples read (first: bad data fails before any model loads)
+    and its encoder loaded (the one loader of inference, with the LM head for MNTP), prepared and given LoRA."""
+    from ..encoder import Encoder
 
-    def __init__(self, config: TrainConfig, rank: int, world: int):
-        from ..encoder import Encoder
+    objective = objective_class(config.stage)(config)
+    encoder = Encoder.from_pretrained(
+        config.model, adapters=config.adapters or None, merge_adapters=True, pooling=config.pooling,
+        max_length=config.max_length, dtype=config.dtype, device=device, with_lm_head=objective.needs_lm_head,
+    )
+    objective.prepare(encoder)
+    encoder.model = apply_lora(encoder.model, config)
+    return objective
 
-        self.config, self.rank, self.world = config, rank, world
-        # Data first: a bad file fails before any model is loaded.
-        if config.stage == "supervised":
-            self.examples = load_triples(config.data)
-            groups: dict[str, list[int]] = {}
-            for index, triple in enumerate(self.examples):
-                groups.setdefault(triple.dataset, []).append(index)
-        else:
-            self.examples = load_texts(config.data)
-            groups = {"default": list(range(len(self.examples)))}
-        self.plan = BatchPlan(groups, config.batch_size * world, config.seed)
-        if config.stage == "mntp":
-            self._init_mntp()
-        else:
-            self.encoder = Encoder.from_pretrained(
-                config.model, adapters=config.adapters or None, merge_adapters=True, pooling=config.pooling,
-                max_length=config.max_length, dtype=config.dtype, device=self._device(),
-            )
-            if config.stage == "simcse" or config.contrastive.attention_dropout is not None:
-                from .simcse import set_dropout
 
-                dropout = config.contrastive.attention_dropout
-                set_dropout(self.encoder.model, attention_dropout=0.3 if dropout is None else dropout)
-            self.encoder.model = _apply_lora(self.encoder.model, config)
-            self.module = self.encoder
-            self.tokenizer = self.encoder.tokenizer
-
-    def _device(self) -> torch.device:
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-
-    def _init_mntp(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ..bidirectional import model_family, set_attention
-        from ..encoder import DTYPES, Encoder, EncoderConfig, apply_adapters
-        from ..pooling import build_pooling
-        from ..registry import resolve
-        from .mntp import mask_token_id
-
-        config = self.config
-        resolved = resolve(config.model)
-        lm = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=DTYPES[config.dtype],
-                                                  local_files_only=resolved.local_files_only)
-        lm.to(self._device())
-        backbone = lm.get_decoder()
-        for folder in config.adapters:
-            backbone = apply_adapters(backbone, Path(folder), merge=True)
-        set_attention(backbone, True)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location, local_files_only=resolved.local_files_only)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.mask_id = mask_token_id(tokenizer, model_family(backbone), config.mntp.mask_token)
-        self.lm_head = lm.get_output_embeddings()
-        for parameter in self.lm_head.parameters():
-            parameter.requires_grad_(False)
-        self.softcap = getattr(lm.config, "final_logit_softcapping", None)
-        backbone = _apply_lora(backbone, config)
-        base = resolved.location if resolved.builtin is None else config.model  # a folder is stored absolute
-        encoder_config = EncoderConfig(base_model=base, pooling=config.pooling, bidirectional=True, max_length=config.max_length)
-        self.encoder = Encoder(backbone, tokenizer, encoder_config, build_pooling(config.pooling, backbone.config.hidden_size))
-        self.encoder.merged_adapter_folders = [Path(f) for f in config.adapters]
-        self.module = self.encoder
-        self.tokenizer = tokenizer
-        self.vocab_size = self.lm_head.out_features if hasattr(self.lm_head, "out_features") else lm.config.vocab_size
-
-    # ------------------------------------------------------------------ one step
-    def loss(self, indices: list[int], seed: int) -> torch.Tensor:
-        config, encoder = self.config, self.encoder
-        local = indices[self.rank * config.batch_size:(self.rank + 1) * config.batch_size]
-        if config.stage == "mntp":
-            from .mntp import MaskingConfig, mask_for_mntp, mntp_loss_grouped
-
-            batch = encoder.collate(encoder.tokenize([self.examples[i] for i in local]), padding_side="right")
-            special = batch["pooling_mask"].eq(0) & batch["attention_mask"].bool()
-            generator = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)  # a stream apart from dropout's
-            corrupted, labels = mask_for_mntp(batch["input_ids"], batch["attention_mask"], special, self.mask_id,
-                                              self.vocab_size, MaskingConfig(probability=config.mntp.probability), generator)
-            lengths = batch["attention_mask"].sum(dim=1).tolist()
-            items = [(corrupted[row, :n].tolist(), labels[row, :n].tolist()) for row, n in enumerate(lengths)]
-            return mntp_loss_grouped(encoder.model, self.lm_head, items, self.tokenizer.pad_token_id, self.softcap)
-        if config.stage == "simcse":
-            from .simcse import simcse_loss
-
-            tokenized = encoder.tokenize([self.examples[i] for i in local])
-            return simcse_loss(encoder, tokenized, config.temperature(), config.contrastive.gather_negatives)
-        from .batching import embed_in_groups
-        from .supervised import contrastive_loss, grad_cache_step
-
-        triples = [self.examples[i] for i in local]
-        roles = [[(t.instruction, t.query) for t in triples], [t.positive for t in triples]]
-        if triples[0].negative is not None:
-            roles.append([t.negative for t in triples])
-        loss_fn = lambda *embeddings: contrastive_loss(*embeddings, temperature=config.temperature(),  # noqa: E731
-                                                       gather=config.contrastive.gather_negatives)
-        chunk = config.contrastive.chunk_size
-        if chunk:
-            # GradCache chunks cut from each role sorted by length (little padding per chunk); the loss sees the
-            # embeddings back in batch order, so pairs and in-batch negatives are unchanged.
-            groups, inverses = [], []
-            for role in roles:
-                tokenized = encoder.tokenize(role)
-                order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i].input_ids))
-                inverses.append(torch.argsort(torch.tensor(order)))
-                ordered = [tokenized[i] for i in order]
-                groups.append([encoder.collate(ordered[i: i + chunk]) for i in range(0, len(ordered), chunk)])
-            in_batch_order = lambda *embeddings: loss_fn(*[e[inverse.to(e.device)] for e, inverse in zip(embeddings, inverses)])  # noqa: E731
-            return grad_cache_step(encoder, groups, in_batch_order, module=encoder)
-        return loss_fn(*[embed_in_groups(encoder, encoder.tokenize(role)) for role in roles])
-
-    def trainable(self) -> dict[str, torch.nn.Parameter]:
-        return {name: p for name, p in self.module.named_parameters() if p.requires_grad}
+def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -252,7 +143,7 @@ def config_signature(config: TrainConfig) -> str:
     from ..fileio import sha256_file
 
     values = dataclasses.asdict(config)
-    for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing"):  # none changes a step
+    for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing", "trackers"):  # none changes a step
         values.pop(key)
     # the adapters trained on top of are named by their contents, not only their path: a retrained MNTP adapter
     # under the same folder must not be paired with a SimCSE checkpoint trained on the old one
@@ -264,12 +155,13 @@ def config_signature(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(output: Path, step: int, stage: Stage, optimizer, scheduler, keep: int = 2) -> Path:
+def _save_checkpoint(output: Path, step: int, config: TrainConfig, world: int, trainable: dict, optimizer, scheduler,
+                     keep: int = 2) -> Path:
     from safetensors.torch import save_file
 
     target = output / CHECKPOINTS / f"step-{step:08d}"
-    weights = {name: p.detach().cpu().contiguous() for name, p in stage.trainable().items()}
-    names = {id(p): name for name, p in stage.trainable().items()}
+    weights = {name: p.detach().cpu().contiguous() for name, p in trainable.items()}
+    names = {id(p): name for name, p in trainable.items()}
     optimizer_tensors, optimizer_scalars = {}, {}
     for group in optimizer.param_groups:
         for parameter in group["params"]:
@@ -284,8 +176,8 @@ def _save_checkpoint(output: Path, step: int, stage: Stage, optimizer, scheduler
             save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
         state = {
             "step": step,
-            "config_signature": config_signature(stage.config),
-            "world": stage.world,
+            "config_signature": config_signature(config),
+            "world": world,
             "scheduler": scheduler.state_dict(),
             "optimizer_scalars": optimizer_scalars,
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
@@ -297,17 +189,16 @@ def _save_checkpoint(output: Path, step: int, stage: Stage, optimizer, scheduler
     return target
 
 
-def _load_checkpoint(folder: Path, stage: Stage, optimizer, scheduler) -> int:
+def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: dict, optimizer, scheduler) -> int:
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text())
-    if state.get("config_signature") != config_signature(stage.config):
+    if state.get("config_signature") != config_signature(config):
         raise L2VError(f"{folder} was written with a different config (only steps, output, save_every, log_every, "
                        "encoder_max_length and gradient_checkpointing may change when resuming); use a new output folder or restore the config")
-    if state.get("world", 1) != stage.world:
-        raise L2VError(f"{folder} was written by {state.get('world', 1)} process(es), this run has {stage.world}: the global "
+    if state.get("world", 1) != world:
+        raise L2VError(f"{folder} was written by {state.get('world', 1)} process(es), this run has {world}: the global "
                        "batch and the data order would change; resume with the same --nproc_per_node")
-    trainable = stage.trainable()
     weights = load_file(str(folder / "trainable.safetensors"))
     if set(weights) != set(trainable):
         raise L2VError(f"{folder}: checkpoint does not match the model (different trainable parameters)")
@@ -369,13 +260,42 @@ def loss_curve(metrics_path: Path, png_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- the loop
-def train(config: TrainConfig, show_progress: bool = True, log=print) -> Path:
-    rank, world = _init_distributed()
+def _accelerator(config: TrainConfig, output: Path, trackers: list | None):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise L2VError("FSDP is not supported by l2v's trainer yet (its checkpoints hold the trainable weights whole); "
+                       "launch without --use_fsdp (DDP), or train a base that fits one device")
+    log_with = list(config.trackers) + list(trackers or [])
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        # autocast is applied around each loss by the loop (below), not by the accelerator: its state is one per
+        # process, and the stages of one `l2v convert` may ask for different precisions
+        log_with=log_with or None,
+        project_dir=str(output),
+        # buffers (rotary tables) are the same on every rank: no broadcast before each forward
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_end: Callable[[int], None] | None = None,
+          trackers: list | None = None) -> Path:
+    """Train ``config`` (resuming from its latest checkpoint) and write ``OUTPUT/encoder``; returns that folder.
+
+    ``on_step_end(step)`` is called after each optimizer step (and checkpoint); ``trackers`` adds accelerate trackers
+    (names or ``GeneralTracker`` objects) to the config's."""
     output = Path(config.output)
+    accelerator = _accelerator(config, output, trackers)
+    rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(config.seed)
-    stage = Stage(config, rank, world)
+    objective = load_objective(config, device=accelerator.device)
+    encoder = objective.encoder
+    accumulation = config.gradient_accumulation_steps
+    plan = BatchPlan(objective.groups(), config.batch_size * world, config.seed)
     output.mkdir(parents=True, exist_ok=True)
-    parameters = list(stage.trainable().values())
+    trainable = trainable_parameters(encoder)
+    parameters = list(trainable.values())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def schedule(step: int) -> float:
@@ -385,11 +305,15 @@ def train(config: TrainConfig, show_progress: bool = True, log=print) -> Path:
         return max(0.0, 1.0 - (step - config.warmup_steps) / remaining)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    # DDP (several processes) around the encoder's forward; objectives call it
+    model = accelerator.prepare_model(encoder, device_placement=False)
+    # bf16 autocast of the forward (and of a GradCache objective's replays); weights and optimizer stay as loaded
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16")
     metrics_path = output / "metrics.jsonl"
     start = 0
     checkpoint = _latest_checkpoint(output)
     if checkpoint is not None:
-        start = _load_checkpoint(checkpoint, stage, optimizer, scheduler)
+        start = _load_checkpoint(checkpoint, config, world, trainable, optimizer, scheduler)
         if rank == 0:
             _truncate_metrics(metrics_path, start)
             log(f"resuming from {checkpoint} (step {start})")
@@ -399,30 +323,36 @@ def train(config: TrainConfig, show_progress: bool = True, log=print) -> Path:
         import dataclasses
 
         write_json_atomic(dataclasses.asdict(config), output / "config.json")
-    kill_after = int(os.environ.get("L2V_TEST_KILL_AFTER_STEP", "0"))  # test hook: simulate a crash (SIGKILL)
-    stage.module.train()
+    tracking = bool(config.trackers or trackers)
+    if tracking:
+        accelerator.init_trackers(output.name, config=_flat(config))
+    encoder.train()
     progress = tqdm(total=config.steps, initial=start, desc=f"{config.stage}", disable=not show_progress or rank != 0)
     begin = time.perf_counter()
     for step in range(start, config.steps):
-        seed = _step_seed(config, step, rank)
-        torch.manual_seed(seed)
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(seed)
         optimizer.zero_grad(set_to_none=True)
-        loss = stage.loss(stage.plan.batch(step), seed)
-        if loss.requires_grad:
-            loss.backward()
-        if world > 1:
+        micro_losses = []
+        for micro in range(accumulation):
+            index = step * accumulation + micro  # with one micro-batch per step: the step itself
+            seed = _step_seed(config, index, rank)
+            torch.manual_seed(seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(seed)
+            indices = plan.batch(index)[rank * config.batch_size:(rank + 1) * config.batch_size]
+            batch = [objective.examples[i] for i in indices]
+            last = micro == accumulation - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model), autocast:
+                loss = objective.loss(model, batch, seed)
+            if loss.requires_grad and not objective.owns_backward:
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    loss.backward()
+            micro_losses.append(loss.detach().float())
+        if accumulation > 1:  # the mean over micro-batches, as one batch of them all would give
             for parameter in parameters:
-                if parameter.grad is None:
-                    parameter.grad = torch.zeros_like(parameter)
-                dist.all_reduce(parameter.grad)
-                parameter.grad /= world
-            reported = loss.detach().clone()
-            dist.all_reduce(reported)
-            reported = float(reported) / world
-        else:
-            reported = float(loss.detach())
+                if parameter.grad is not None:
+                    parameter.grad /= accumulation
+        local = torch.stack(micro_losses).mean()
+        reported = float(accelerator.reduce(local.to(accelerator.device), reduction="mean")) if world > 1 else float(local)
         if not math.isfinite(reported):
             raise L2VError(f"loss is {reported} at step {step + 1}; lower the learning rate or check the data")
         if config.max_grad_norm:
@@ -432,25 +362,46 @@ def train(config: TrainConfig, show_progress: bool = True, log=print) -> Path:
         done = step + 1
         progress.update(1)
         progress.set_postfix(loss=f"{reported:.4f}")
+        record = {"step": done, "loss": reported, "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - begin, 3)}
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             with open(metrics_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": done, "loss": reported, "lr": scheduler.get_last_lr()[0],
-                                         "seconds": round(time.perf_counter() - begin, 3)}) + "\n")
+                handle.write(json.dumps(record) + "\n")
+        if tracking:
+            accelerator.log({"loss": reported, "lr": record["lr"]}, step=done)
         if rank == 0 and (done % config.save_every == 0 or done == config.steps):
-            _save_checkpoint(output, done, stage, optimizer, scheduler)
+            _save_checkpoint(output, done, config, world, trainable, optimizer, scheduler)
         if world > 1:
-            dist.barrier()
-        if kill_after and done == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            accelerator.wait_for_everyone()
+        if on_step_end is not None:
+            on_step_end(done)
     progress.close()
+    if tracking:
+        accelerator.end_training()
     final = output / "encoder"
     if rank == 0:
         # the saved encoder truncates at the inference length, not at the (often short) training length
-        stage.encoder.config.max_length = config.encoder_max_length
-        stage.encoder.save(final, overwrite=True)
+        encoder.config.max_length = config.encoder_max_length
+        encoder.save(final, overwrite=True)
         if metrics_path.exists():
             loss_curve(metrics_path, output / "loss.png")
         log(f"wrote {final} (load it with Encoder.from_pretrained({str(final)!r}))")
     if world > 1:
-        dist.barrier()
+        accelerator.wait_for_everyone()
     return final
+
+
+def _flat(config: TrainConfig) -> dict:
+    """The config as flat scalars, for trackers' hyper-parameter tables."""
+    import dataclasses
+
+    flat: dict = {}
+
+    def walk(prefix: str, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", dataclasses.asdict(config))
+    return flat

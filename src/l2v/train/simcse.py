@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .batching import embed_in_groups
-from .distributed import gather_with_grad
+from ..batching import embed_in_groups
+from ..distributed import gather_with_grad
+from .objectives import Objective
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
@@ -42,12 +43,27 @@ def set_dropout(model, attention_dropout: float | None = None, hidden_dropout: f
                 module.p = hidden_dropout
 
 
-def simcse_loss(encoder, batch, temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
+def simcse_loss(forward, collate, tokenized, temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
     """Two forward passes of the same batch in training mode: different dropout masks make the two views.
 
-    ``batch`` is a list of ``Tokenized`` texts (run in length groups, see ``batching``) or a collated batch."""
-    if isinstance(batch, dict):
-        first, second = encoder(batch), encoder(batch)
-    else:
-        first, second = embed_in_groups(encoder, batch), embed_in_groups(encoder, batch)
+    ``forward`` is the encoder's forward, ``collate`` its collate; ``tokenized`` a list of ``Tokenized`` texts (run
+    in length groups, see ``l2v.batching``)."""
+    first = embed_in_groups(forward, collate, tokenized)
+    second = embed_in_groups(forward, collate, tokenized)
     return info_nce(first, second, temperature, gather)
+
+
+class SimcseObjective(Objective):
+    """Step 3: unsupervised SimCSE on plain texts."""
+
+    name = "simcse"
+    temperature = 0.05
+
+    def prepare(self, encoder) -> None:
+        super().prepare(encoder)
+        dropout = self.config.contrastive.attention_dropout
+        set_dropout(encoder.model, attention_dropout=0.3 if dropout is None else dropout)
+
+    def loss(self, forward, batch: list[str], seed: int) -> torch.Tensor:
+        return simcse_loss(forward, self.encoder.collate, self.encoder.tokenize(batch), self.contrastive_temperature(),
+                           self.config.contrastive.gather_negatives)

@@ -9,10 +9,13 @@ the random state of each chunk is replayed so dropout masks match between the tw
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
 
+from ..batching import embed_in_groups, restore_order, sorted_chunks
+from .objectives import Objective
 from .simcse import info_nce
 
 
@@ -30,8 +33,11 @@ def grad_cache_step(encode: Callable[[dict], torch.Tensor], groups: Sequence[Seq
                     loss_fn: Callable[..., torch.Tensor], module: torch.nn.Module | None = None) -> torch.Tensor:
     """One GradCache step. ``groups`` is one list of feature chunks per input role (e.g. queries, positives,
     negatives); ``loss_fn`` takes one embedding tensor per role. Accumulates parameter gradients (call
-    ``optimizer.step()`` after it) and returns the detached loss."""
+    ``optimizer.step()`` after it) and returns the detached loss. When ``encode`` is a module wrapped for
+    distributed training (it has ``no_sync``), gradients are synchronised once, on the last chunk's backward."""
     devices = _devices(module) if module is not None else []
+    no_sync = getattr(encode, "no_sync", None)
+    last = (len(groups) - 1, len(groups[-1]) - 1) if groups and groups[-1] else None
     states: list[list[tuple]] = []
     cached: list[list[torch.Tensor]] = []
     with torch.no_grad():
@@ -48,13 +54,67 @@ def grad_cache_step(encode: Callable[[dict], torch.Tensor], groups: Sequence[Seq
     for role, chunks in enumerate(groups):
         gradient = leaves[role].grad
         start = 0
-        for chunk, embedding, (cpu_state, cuda_states) in zip(chunks, cached[role], states[role]):
+        for index, (chunk, embedding, (cpu_state, cuda_states)) in enumerate(zip(chunks, cached[role], states[role])):
             rows = embedding.shape[0]
-            with torch.random.fork_rng(devices=devices):
-                torch.set_rng_state(cpu_state)
-                for device, state in zip(devices, cuda_states):
-                    torch.cuda.set_rng_state(state, device)
-                replay = encode(chunk)
-            replay.backward(gradient[start: start + rows])
+            synchronise = no_sync is None or (role, index) == last
+            with contextlib.nullcontext() if synchronise else no_sync():
+                with torch.random.fork_rng(devices=devices):
+                    torch.set_rng_state(cpu_state)
+                    for device, state in zip(devices, cuda_states):
+                        torch.cuda.set_rng_state(state, device)
+                    replay = encode(chunk)
+                replay.backward(gradient[start: start + rows])
             start += rows
     return loss.detach()
+
+
+class SupervisedObjective(Objective):
+    """Supervised contrastive training on (query, positive, hard negative) triples; each batch from one dataset;
+    GradCache (``contrastive.chunk_size``) for batches larger than memory allows."""
+
+    name = "supervised"
+    temperature = 0.02
+
+    @property
+    def owns_backward(self) -> bool:  # type: ignore[override]
+        return bool(self.config.contrastive.chunk_size)
+
+    def read_examples(self) -> list:
+        from .data import load_triples
+
+        return load_triples(self.config.data)
+
+    def groups(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        for index, triple in enumerate(self.examples):
+            groups.setdefault(triple.dataset, []).append(index)
+        return groups
+
+    def prepare(self, encoder) -> None:
+        super().prepare(encoder)
+        if self.config.contrastive.attention_dropout is not None:
+            from .simcse import set_dropout
+
+            set_dropout(encoder.model, attention_dropout=self.config.contrastive.attention_dropout)
+
+    def loss(self, forward, batch: list, seed: int) -> torch.Tensor:
+        encoder, config = self.encoder, self.config
+        roles = [[(t.instruction, t.query) for t in batch], [t.positive for t in batch]]
+        if batch[0].negative is not None:
+            roles.append([t.negative for t in batch])
+        loss_fn = lambda *embeddings: contrastive_loss(*embeddings, temperature=self.contrastive_temperature(),  # noqa: E731
+                                                       gather=config.contrastive.gather_negatives)
+        tokenized = [encoder.tokenize(role) for role in roles]
+        chunk = config.contrastive.chunk_size
+        if not chunk:
+            return loss_fn(*[embed_in_groups(forward, encoder.collate, role) for role in tokenized])
+        # GradCache chunks cut from each role sorted by length (little padding per chunk); the loss sees the
+        # embeddings back in batch order, so pairs and in-batch negatives are unchanged.
+        groups, orders = [], []
+        for role in tokenized:
+            chunks = sorted_chunks([len(t.input_ids) for t in role], chunk)
+            orders.append(chunks)
+            groups.append([encoder.collate([role[i] for i in members]) for members in chunks])
+        in_batch_order = lambda *embeddings: loss_fn(*[  # noqa: E731
+            restore_order(list(e.split([len(c) for c in chunks])), chunks) for e, chunks in zip(embeddings, orders)])
+        return grad_cache_step(forward, groups, in_batch_order, module=encoder)
