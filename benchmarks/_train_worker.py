@@ -1,6 +1,7 @@
 """Time training steps of l2v or of the official llm2vec 0.2.3 training code, in this process.
 
-``python _train_worker.py {l2v|llm2vec} {mntp|simcse} MODEL_FOLDER BATCH.json STEPS [--threads=N]``
+``python _train_worker.py {l2v|llm2vec} {mntp|simcse} MODEL_FOLDER BATCH.json STEPS [--threads=N] [--dtype=bfloat16]
+[--mixed=bf16]`` (an older l2v runs when its ``src`` is first on PYTHONPATH)
 
 BATCH.json holds token ids (and, for MNTP, the masked labels) made once by benchmarks/train_step.py, so both
 libraries see the very same inputs. The official side is set up the way its experiments/run_mntp.py and
@@ -68,53 +69,82 @@ def official(stage: str, folder: str, batch: dict):
     return model, loss
 
 
-def l2v(stage: str, folder: str, batch: dict):
+def l2v(stage: str, folder: str, batch: dict, dtype: str = "float32", mixed: str = "no"):
+    """l2v's own objective (``load_objective``); for a pinned older l2v (on PYTHONPATH) its ``Stage`` class."""
     from l2v.encoder import Tokenized
     from l2v.train.config import load_config
-    from l2v.train.runner import load_objective
 
     scratch = Path(tempfile.mkdtemp(prefix="l2v-train-bench-"))
     (scratch / "texts.txt").write_text("placeholder text\n" * 4)
     extra = "contrastive: {temperature: 0.05, attention_dropout: 0.3}\n" if stage == "simcse" else ""
+    if mixed != "no":
+        extra += f"mixed_precision: {mixed}\n"
     (scratch / "config.yaml").write_text(
         f"stage: {stage}\nmodel: {folder}\noutput: {scratch / 'out'}\ndata: {{train: {scratch / 'texts.txt'}}}\n"
-        f"max_length: {batch['max_length']}\nbatch_size: 1\nsteps: 1\nlearning_rate: 5.0e-5\n"
+        f"max_length: {batch['max_length']}\nbatch_size: 1\nsteps: 1\nlearning_rate: 5.0e-5\ndtype: {dtype}\n"
         f"lora: {{r: 16, alpha: 32, dropout: 0.05}}\n{extra}")
     config = load_config(scratch / "config.yaml")
+    items = batch["items"]
+    pairs = [(item["input_ids"], item.get("labels")) for item in items]
+    tokenized = [Tokenized(item["input_ids"], [1] * len(item["input_ids"])) for item in items]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed == "bf16")
+    try:
+        from l2v.train.runner import load_objective, make_optimizer
+    except ImportError:  # the pinned l2v from before the objectives
+        from l2v.train.runner import Stage
+
+        old = Stage(config, 0, 1)
+        if stage == "mntp":
+            from l2v.train.mntp import mntp_loss_grouped
+
+            return old.module, lambda: mntp_loss_grouped(old.encoder.model, old.lm_head, pairs, old.tokenizer.pad_token_id, old.softcap), None
+        from l2v.train.simcse import simcse_loss
+
+        return old.module, lambda: simcse_loss(old.encoder, tokenized, 0.05, gather=False), None
     objective = load_objective(config)
     encoder = objective.encoder
-    items = batch["items"]
-    if stage == "mntp":
-        from l2v.train.mntp import mntp_loss_grouped
-
-        pairs = [(item["input_ids"], item["labels"]) for item in items]
-
-        def loss():
-            return mntp_loss_grouped(encoder, encoder.lm_head, pairs, encoder.tokenizer.pad_token_id, encoder.logit_softcap)
-        return encoder, loss
-    from l2v.train.simcse import simcse_loss
-
-    tokenized = [Tokenized(item["input_ids"], [1] * len(item["input_ids"])) for item in items]
 
     def loss():
-        return simcse_loss(encoder, encoder.collate, tokenized, 0.05, gather=False)
-    return encoder, loss
+        with autocast:
+            if stage == "mntp":
+                from l2v.train.mntp import mntp_loss_grouped
+
+                return mntp_loss_grouped(encoder, encoder.lm_head, pairs, encoder.tokenizer.pad_token_id, encoder.logit_softcap)
+            from l2v.train.simcse import simcse_loss
+
+            return simcse_loss(encoder, encoder.collate, tokenized, 0.05, gather=False)
+    return encoder, loss, lambda parameters: make_optimizer(parameters, config)
+
+
+def use_source(src: str) -> None:
+    """Import l2v from ``src`` (a pinned older checkout) instead of the installed, editable l2v."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in type(finder).__name__.lower()]
+    sys.path.insert(0, src)
 
 
 def main() -> None:
     library, stage, folder, batch_file, steps = sys.argv[1:6]
+    source = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--source=")]
+    if source:
+        use_source(source[0])
     threads = [a for a in sys.argv if a.startswith("--threads=")]
     if threads:
         torch.set_num_threads(int(threads[0].split("=")[1]))
     batch = json.loads(Path(batch_file).read_text())
     torch.manual_seed(0)
-    model, loss = (official if library == "llm2vec" else l2v)(stage, folder, batch)
+    dtype = ([a.split("=", 1)[1] for a in sys.argv if a.startswith("--dtype=")] or ["float32"])[0]
+    mixed = ([a.split("=", 1)[1] for a in sys.argv if a.startswith("--mixed=")] or ["no"])[0]
+    if library == "llm2vec":
+        model, loss = official(stage, folder, batch)
+        optimizer_for = None
+    else:
+        model, loss, optimizer_for = l2v(stage, folder, batch, dtype, mixed)
     model.eval()
     with torch.no_grad():
         eval_loss = float(loss())
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=5e-5)
+    optimizer = optimizer_for(parameters) if optimizer_for else torch.optim.AdamW(parameters, lr=5e-5)
     times, losses = [], []
     for step in range(int(steps) + 1):
         begin = time.perf_counter()
@@ -126,7 +156,7 @@ def main() -> None:
         losses.append(float(value))
         if step > 0:  # the first step pays one-off allocations
             times.append(elapsed)
-    print(json.dumps({"library": library, "stage": stage, "eval_loss": eval_loss, "train_losses": losses,
+    print(json.dumps({"library": library, "stage": stage, "dtype": dtype, "mixed": mixed, "eval_loss": eval_loss, "train_losses": losses,
                       "step_seconds": times, "median_step_seconds": statistics.median(times),
                       "trainable_parameters": sum(p.numel() for p in parameters),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

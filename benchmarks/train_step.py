@@ -1,10 +1,13 @@
 """Training speed: one MNTP step and one SimCSE step, l2v versus the official llm2vec 0.2.3 training code.
 
-Same model (the built-in SmolLM2-135M, float32, bidirectional), same LoRA (r=16, alpha=32, dropout 0.05, all
+Same model (the built-in SmolLM2-135M, bidirectional; float32 beside the official package, and bfloat16 base weights as the
+shipped recipes train), same LoRA (r=16, alpha=32, dropout 0.05, all
 projections), same batch (the very same token ids and MNTP masks, drawn once here from the shared Wikipedia
 text), same optimizer (AdamW, lr 5e-5). Each library runs in its own subprocess (the official one in its own
 venv), alternating, ``--repeats`` times; a step is forward + backward + optimizer step, timed after one warm-up.
-Printed: the loss with dropout off (it must agree: equal loss), median seconds per step, the ratio.
+Printed: the loss with dropout off (it must agree: equal loss), median seconds per step, the ratio. A third
+column is "today's l2v": the l2v of commit ``--baseline`` (the code that trained the shipped encoders, before
+the step-time work of issue 15), run from a temporary git worktree, in each precision.
 
     python benchmarks/train_step.py [--repeats 2] [--steps 3] [--mntp-batch 16 --mntp-length 128]
                                     [--simcse-batch 32 --simcse-length 64]
@@ -61,9 +64,25 @@ def make_batches(folder: Path, args) -> dict:
     return {"mntp": mntp, "simcse": simcse}
 
 
-def run(python: str, library: str, stage: str, folder: Path, batch_file: Path, steps: int) -> dict:
-    command = [python, str(Path(__file__).parent / "_train_worker.py"), library, stage, str(folder), str(batch_file), str(steps)]
+# today's l2v when this work began (issues 14 and 15): the trainer that made the shipped encoders
+BASELINE = "3098735"
+
+
+def checkout(revision: str, target: Path) -> str:
+    """The ``src`` folder of ``revision`` in a temporary git worktree (removed by git's worktree prune later)."""
+    from _common import ROOT
+
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(target), revision], check=True,
+                   capture_output=True)
+    return str(target / "src")
+
+
+def run(python: str, library: str, stage: str, folder: Path, batch_file: Path, steps: int, *extra: str,
+        pythonpath: str | None = None) -> dict:
+    command = [python, str(Path(__file__).parent / "_train_worker.py"), library, stage, str(folder), str(batch_file), str(steps), *extra]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    if pythonpath:
+        command.append(f"--source={pythonpath}")
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
     if completed.returncode != 0:
         sys.exit(f"{library} {stage} worker failed:\n{completed.stderr[-3000:]}")
@@ -79,10 +98,15 @@ def main() -> None:
     parser.add_argument("--simcse-batch", type=int, default=32)
     parser.add_argument("--simcse-length", type=int, default=64)
     parser.add_argument("--stages", default="mntp,simcse")
+    parser.add_argument("--baseline", default=BASELINE,
+                        help="the l2v commit to time as 'today's l2v' (checked out into a temporary worktree)")
+    parser.add_argument("--precisions", default="float32,bfloat16",
+                        help="l2v base-weight precisions to time (the official package runs in float32 only)")
     args = parser.parse_args()
     python = official_python()
     folder, legacy = model_folders()
     work = Path(tempfile.mkdtemp(prefix="l2v-train-bench-"))
+    baseline_src = checkout(args.baseline, work / "baseline")
     batches = make_batches(folder, args)
     results = {}
     for stage in args.stages.split(","):
@@ -90,33 +114,44 @@ def main() -> None:
         batch_file.write_text(json.dumps(batches[stage]))
         items = batches[stage]["items"]
         real = sum(len(i["input_ids"]) for i in items)
-        runs = {"l2v": [], "llm2vec": []}
+        columns = {"llm2vec": (python, "llm2vec", legacy, (), None)}
+        for precision in args.precisions.split(","):
+            tag = "" if precision == "float32" else f" {precision}"
+            columns[f"l2v@{args.baseline[:7]}{tag}"] = (sys.executable, "l2v", folder, (f"--dtype={precision}",), baseline_src)
+            columns[f"l2v{tag}"] = (sys.executable, "l2v", folder, (f"--dtype={precision}",), None)
+        runs = {name: [] for name in columns}
         for repeat in range(args.repeats):
-            order = ("l2v", "llm2vec") if repeat % 2 == 0 else ("llm2vec", "l2v")
-            for library in order:
-                result = run(sys.executable if library == "l2v" else python, library, stage,
-                             folder if library == "l2v" else legacy, batch_file, args.steps)
-                runs[library].append(result)
-                print(f"{stage} {library}: {result['median_step_seconds']:.2f} s/step, loss (no dropout) {result['eval_loss']:.5f}", flush=True)
-        median = {lib: statistics.median(s for r in rs for s in r["step_seconds"]) for lib, rs in runs.items()}
-        ratio = median["llm2vec"] / median["l2v"]
-        loss_gap = abs(runs["l2v"][0]["eval_loss"] - runs["llm2vec"][0]["eval_loss"])
+            order = list(columns) if repeat % 2 == 0 else list(reversed(columns))
+            for name in order:
+                python_, library, model_folder, extra, pythonpath = columns[name]
+                result = run(python_, library, stage, model_folder, batch_file, args.steps, *extra, pythonpath=pythonpath)
+                runs[name].append(result)
+                print(f"{stage} {name}: {result['median_step_seconds']:.2f} s/step, loss (no dropout) {result['eval_loss']:.5f}", flush=True)
+        median = {name: statistics.median(s for r in rs for s in r["step_seconds"]) for name, rs in runs.items()}
+        speedups = {name: round(median["llm2vec"] / seconds, 3) for name, seconds in median.items()}
+        versus_baseline = {}
+        for precision in args.precisions.split(","):
+            tag = "" if precision == "float32" else f" {precision}"
+            versus_baseline[precision] = round(median[f"l2v@{args.baseline[:7]}{tag}"] / median[f"l2v{tag}"], 3)
+        losses = {name: rs[0]["eval_loss"] for name, rs in runs.items()}
         results[stage] = {
             "batch": len(items), "max_length": batches[stage]["max_length"], "real_tokens": real,
             "padded_tokens_one_batch": len(items) * max(len(i["input_ids"]) for i in items),
-            "median_step_seconds": median, "speedup_l2v_vs_llm2vec": round(ratio, 3),
-            "loss_no_dropout": {lib: rs[0]["eval_loss"] for lib, rs in runs.items()}, "loss_gap": loss_gap,
-            "trainable_parameters": {lib: rs[0]["trainable_parameters"] for lib, rs in runs.items()},
-            "peak_rss_mb": {lib: max(r["peak_rss_mb"] for r in rs) for lib, rs in runs.items()},
+            "median_step_seconds": median, "speedup_vs_llm2vec": speedups,
+            "speedup_vs_baseline_l2v": versus_baseline, "baseline_commit": args.baseline,
+            "loss_no_dropout": losses, "loss_gap_float32": abs(losses["l2v"] - losses["llm2vec"]),
+            "trainable_parameters": {name: rs[0]["trainable_parameters"] for name, rs in runs.items()},
+            "peak_rss_mb": {name: max(r["peak_rss_mb"] for r in rs) for name, rs in runs.items()},
             "runs": runs,
         }
-        print(f"== {stage}: l2v {median['l2v']:.2f} s/step, llm2vec {median['llm2vec']:.2f} s/step: {ratio:.2f}x; "
-              f"loss gap {loss_gap:.2e}", flush=True)
+        print(f"== {stage}: " + ", ".join(f"{n} {m:.2f} s/step" for n, m in median.items())
+              + f"; l2v vs {args.baseline[:7]}: {versus_baseline}", flush=True)
     path = write_result("train_step", {
-        "model": "smollm2-135m (float32, bidirectional, LoRA r=16)", "steps_timed_per_run": args.steps, "repeats": args.repeats,
+        "model": "smollm2-135m (bidirectional, LoRA r=16; base weights float32 or as the column says)", "steps_timed_per_run": args.steps, "repeats": args.repeats,
         "results": results, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
     })
+    subprocess.run(["git", "worktree", "remove", "--force", str(work / "baseline")], capture_output=True)
     print(f"wrote {path}")
 
 

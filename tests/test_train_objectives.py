@@ -234,3 +234,42 @@ def test_gathered_negatives_across_two_processes_equal_one_process():
     k_grad_pos = torch.cat([ranks[0]["k_grad"][:4], ranks[1]["k_grad"][:4]]) / 2
     k_grad_neg = torch.cat([ranks[0]["k_grad"][4:], ranks[1]["k_grad"][4:]]) / 2
     assert torch.allclose(torch.cat([k_grad_pos, k_grad_neg]), k.grad, atol=1e-6)
+
+
+def test_lora_dropout_draws_the_same_distribution_faster(tiny_llama_folder):
+    from l2v.train.config import TrainConfig
+    from l2v.train.lora import Dropout, apply_lora
+
+    x = torch.randn(400, 300)
+    dropout = Dropout(0.2).train()
+    out = dropout(x)
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - 0.2) < 0.01  # keep probability 1 - p
+    assert torch.allclose(out[~dropped], x[~dropped] / 0.8)  # survivors scaled by 1 / (1 - p)
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    ones = torch.ones(2000, 500, dtype=torch.bfloat16)
+    assert abs(Dropout(0.05).train()(ones).float().mean().item() - 1.0) < 0.01  # unbiased in bf16 too
+    torch.manual_seed(3)
+    first = Dropout(0.3).train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(first, Dropout(0.3).train()(x))  # seeded like every other draw: resumption replays it
+    model = apply_lora(Encoder.from_pretrained(str(tiny_llama_folder)).model,
+                       TrainConfig(stage="simcse", model="x", output="y"))
+    dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+    assert dropouts and all(d.p == 0.05 for d in dropouts)
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and "lora" in str(type(m))]
+
+
+def test_simcse_in_one_pass_of_both_views_equals_two_passes_without_dropout(tiny_llama_folder):
+    from l2v.batching import embed_in_groups
+
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder))
+    tokenized = encoder.tokenize(["the cat sits on the mat while the dog sleeps", "paris", "a man is playing a guitar",
+                                  "what is the capital of france ?", "she plays the piano every evening"])
+    encoder.train()
+    set_dropout(encoder.model, attention_dropout=0.0)
+    two_passes = info_nce(embed_in_groups(encoder, encoder.collate, tokenized), embed_in_groups(encoder, encoder.collate, tokenized))
+    assert simcse_loss(encoder, encoder.collate, tokenized).item() == pytest.approx(two_passes.item(), rel=1e-5)
+    set_dropout(encoder.model, attention_dropout=0.3)  # with dropout the copies differ: the views are not identical
+    both = embed_in_groups(encoder, encoder.collate, tokenized + tokenized)
+    assert not torch.allclose(both[:5], both[5:])

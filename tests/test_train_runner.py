@@ -410,7 +410,7 @@ def test_gradient_accumulation_is_the_mean_of_the_micro_batches(tmp_path, tiny_l
     import torch
     from safetensors.torch import load_file
 
-    from l2v.train.runner import BatchPlan, _step_seed, load_objective, trainable_parameters
+    from l2v.train.runner import BatchPlan, _step_seed, load_objective, make_optimizer, trainable_parameters
 
     path = write_config(tmp_path, tiny_llama_folder, "simcse", steps=1, save_every=1, batch_size=3,
                         gradient_accumulation_steps=2, max_grad_norm=0.0, contrastive={"attention_dropout": 0.0})
@@ -432,8 +432,7 @@ def test_gradient_accumulation_is_the_mean_of_the_micro_batches(tmp_path, tiny_l
         micro.append(loss.item())
     for p in parameters.values():
         p.grad /= 2
-    optimizer = torch.optim.AdamW(list(parameters.values()), lr=config.learning_rate)
-    optimizer.step()
+    make_optimizer(list(parameters.values()), config).step()
     assert losses(tmp_path / "run") == pytest.approx([sum(micro) / 2], rel=1e-5)
     moved = [name for name in parameters if not torch.equal(parameters[name], before[name])]
     assert moved
@@ -515,3 +514,25 @@ def test_fsdp_launch_is_refused_until_checkpoints_support_it(tmp_path, tiny_llam
     with pytest.raises(L2VError, match="FSDP is not supported"):
         train(load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=1)), show_progress=False,
               log=lambda *_: None)
+
+
+def test_the_fused_optimizer_makes_the_per_tensor_loops_update():
+    import torch
+
+    from l2v.train.config import TrainConfig
+    from l2v.train.runner import make_optimizer
+
+    torch.manual_seed(0)
+    fused = [torch.nn.Parameter(torch.randn(16, 64)) for _ in range(6)]
+    loop = [torch.nn.Parameter(p.detach().clone()) for p in fused]
+    config = TrainConfig(stage="simcse", model="x", output="y", learning_rate=1e-3, weight_decay=0.01)
+    first, second = make_optimizer(fused, config), torch.optim.AdamW(loop, lr=1e-3, weight_decay=0.01, foreach=False)
+    assert first.defaults["fused"]
+    for step in range(5):
+        for a, b in zip(fused, loop):
+            a.grad = torch.randn(a.shape, generator=torch.Generator().manual_seed(step))
+            b.grad = a.grad.clone()
+        first.step()
+        second.step()
+    for a, b in zip(fused, loop):
+        assert torch.allclose(a, b, atol=1e-6)
