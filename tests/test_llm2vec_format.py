@@ -66,6 +66,11 @@ def test_checkpoint_loads_with_the_official_defaults(built):
     assert encoder.info()["bidirectional_verified"]
     # The MNTP adapter is merged: nothing of peft is left on a checkpoint loaded without a second adapter.
     assert not hasattr(encoder.model, "peft_config")
+    short = Encoder.from_pretrained(built["llama3-8b-instruct"]["mntp"], max_length=12, doc_max_length=400)
+    long_text, _ = (short.tokenize(["the cat sits on the mat while the dog sleeps in the sun all day", "paris"]))
+    assert len(long_text.input_ids) == 12 and long_text.truncated
+    _, stats = short.encode(["the cat sits on the mat while the dog sleeps in the sun all day", "paris"], return_stats=True)
+    assert stats.truncated == 1
 
 
 def test_llm2vec_config_of_the_second_adapter_is_read_and_explicit_arguments_win(built, tmp_path):

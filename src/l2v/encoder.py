@@ -438,12 +438,12 @@ class Encoder(torch.nn.Module):
         single = isinstance(texts, str)  # one (instruction, text) pair is passed as [(instruction, text)]
         items = [texts] if single else list(texts)
         all_tokenized = self.tokenize(items, instruction=instruction)
-        truncated = sum(item.truncated for item in all_tokenized)
         output, stats = self.embed_tokenized(all_tokenized, batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
                                              normalize=normalize, truncate_dim=truncate_dim, show_progress=show_progress,
                                              return_stats=True)
-        if truncated:
-            logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated", truncated, len(items), self.config.max_length)
+        if stats.truncated:
+            logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated", stats.truncated,
+                           len(items), self.config.max_length)
         result = _quantize(output.numpy(), precision, normalize, quantization_ranges)
         if single:
             result = result[0]

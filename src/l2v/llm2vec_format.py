@@ -21,6 +21,7 @@ positions 0..T-1 over the padded row, so there a text's embedding depends on its
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -138,10 +139,13 @@ def layout(pairs: Sequence[tuple[str, str]], tokenizer, *, name_or_path: str | N
     strings = [official_string(i, t, name_or_path, pooling, family, tokenizer, max_length, doc_max_length) for i, t in pairs]
     wholes = [s for s, _ in strings]
     full = tokenizer(wholes, truncation=True, max_length=max_length)["input_ids"] if wholes else []
-    untruncated = tokenizer(wholes, truncation=False)["input_ids"] if wholes else []
     parts = tokenizer([p for _, p in strings], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"] if wholes else []
+    # only a text that fills max_length can have been cut: tokenise just those again, whole
+    full_length = [i for i, ids in enumerate(full) if len(ids) == max_length]
+    cut = {i for i, ids in zip(full_length, tokenizer([wholes[i] for i in full_length])["input_ids"] if full_length else [])
+           if len(ids) > max_length}
     result = []
-    for index, (ids, whole_ids, part_ids) in enumerate(zip(full, untruncated, parts)):
+    for index, (ids, part_ids) in enumerate(zip(full, parts)):
         ids = list(ids)
         if not ids:
             raise L2VError(f"input {index}: the tokenizer gives no tokens for it, and llm2vec has nothing to pool")
@@ -156,14 +160,19 @@ def layout(pairs: Sequence[tuple[str, str]], tokenizer, *, name_or_path: str | N
             ids_mask = [1] * len(ids)
         else:
             ids_mask = [0] * (len(ids) - n) + [1] * n
-        result.append((ids, ids_mask, len(whole_ids) > len(ids)))
+        result.append((ids, ids_mask, index in cut))
     return result
 
 
 def mteb_instructions() -> dict[str, str]:
     """The LLM2Vec authors' MTEB instructions, by MTEB task name (shipped as data: l2v/data/README.md cites it)."""
+    return dict(_read_mteb_instructions())
+
+
+@functools.lru_cache(maxsize=1)
+def _read_mteb_instructions() -> dict[str, str]:
     path = Path(__file__).resolve().parent / "data" / "llm2vec_mteb_instructions.json"
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------- reading a checkpoint folder
