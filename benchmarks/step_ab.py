@@ -91,7 +91,6 @@ def main() -> None:
                           "median_ratio": statistics.median(p["ratio"] for p in pairs),
                           "median_seconds": {"today": statistics.median(p["today"] for p in pairs),
                                              "now": statistics.median(p["now"] for p in pairs)}}
-        del objective, encoder, optimizer
     payload = {"what": "alternating steps in one process: nn.Dropout + two SimCSE passes (today) vs l2v's LoRA dropout + "
                        "one pass of 2B rows (now); ratio = today / now per pair", "date": time.strftime("%Y-%m-%d"),
                "results": results}
