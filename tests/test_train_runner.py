@@ -509,9 +509,67 @@ def test_a_new_objective_is_one_class_and_one_registry_line(tmp_path, tiny_llama
         load_config(write_config(tmp_path / "gone", tiny_llama_folder, "toy-matryoshka"))
 
 
-def test_fsdp_launch_is_refused_until_checkpoints_support_it(tmp_path, tiny_llama_folder, monkeypatch):
+def torchrun(config: Path, stage: str, port: int, env: dict | None = None):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "l2v.cli", "train", stage, "--config", str(config), "--no-progress"]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_fsdp_shards_train_as_one_process_and_resume_from_gathered_checkpoints(tmp_path, tiny_llama_folder, sentences):
+    """FSDP2 over 2 processes (each decoder layer a shard group): SimCSE and supervised GradCache give the losses and
+    the encoder of 1 process with the same global batch; MNTP (its LM head kept whole) those of DDP; a checkpoint
+    holds whole tensors gathered from the shards, and a run resumed from it continues exactly."""
+    sts = tmp_path / "dev.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in STS_ROWS))
+    common = dict(steps=4, save_every=2, contrastive={"attention_dropout": 0.0}, lora={"dropout": 0.0},
+                  dev={"sts": [str(sts)], "every": 2})
+    single = write_config(tmp_path / "one", tiny_llama_folder, "simcse", batch_size=4, **common)
+    sharded = write_config(tmp_path / "fsdp", tiny_llama_folder, "simcse", batch_size=2, fsdp=True, **common)
+    assert cli("train", "simcse", "--config", single, "--no-progress").returncode == 0
+    result = torchrun(sharded, "simcse", 29541)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = tmp_path / "one" / "run", tmp_path / "fsdp" / "run"
+    assert np.allclose(losses(one), losses(two), rtol=1e-5, atol=1e-6) and len(losses(two)) == 4
+    dev = lambda run: [(r["step"], r["dev"]) for r in map(json.loads, (run / "dev.jsonl").read_text().splitlines())]  # noqa: E731
+    assert [s for s, _ in dev(two)] == [0, 2, 4] and np.allclose([v for _, v in dev(one)], [v for _, v in dev(two)], atol=1e-3)
+    vectors = Encoder.from_pretrained(str(one / "encoder")).encode(sentences)
+    assert np.abs(Encoder.from_pretrained(str(two / "encoder")).encode(sentences) - vectors).max() < 1e-5
+    # resume from the step-2 checkpoint written from shards: the same losses and encoder
+    import shutil
+
+    shutil.rmtree(two / "checkpoints" / "step-00000004")
+    shutil.rmtree(two / "encoder")
+    first_losses = losses(two)
+    resumed = torchrun(sharded, "simcse", 29542)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr and "step-00000002" in resumed.stderr
+    assert np.allclose(losses(two), first_losses, rtol=1e-6, atol=1e-7)
+    assert np.abs(Encoder.from_pretrained(str(two / "encoder")).encode(sentences) - vectors).max() < 1e-5
+
+    # MNTP: masks are drawn per process, so 2 sharded processes are compared with 2 DDP processes
+    mntp = dict(steps=2, save_every=2, lora={"dropout": 0.0}, batch_size=2)
+    ddp_run = torchrun(write_config(tmp_path / "ddp-m", tiny_llama_folder, "mntp", **mntp), "mntp", 29543)
+    fsdp_run = torchrun(write_config(tmp_path / "fsdp-m", tiny_llama_folder, "mntp", fsdp=True, **mntp), "mntp", 29544)
+    assert ddp_run.returncode == 0 and fsdp_run.returncode == 0, fsdp_run.stderr[-3000:]
+    assert np.allclose(losses(tmp_path / "ddp-m" / "run"), losses(tmp_path / "fsdp-m" / "run"), rtol=1e-5, atol=1e-6)
+
+    # supervised with GradCache: the chunks' backward passes reduce the shards' gradients once
+    triples = tmp_path / "triples.jsonl"
+    rows = [{"query": TEXTS[i], "positive": TEXTS[(i + 1) % 10], "negative": TEXTS[(i + 5) % 10]} for i in range(10)]
+    triples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    supervised = dict(steps=2, save_every=2, lora={"dropout": 0.0}, data={"train": str(triples)},
+                      contrastive={"chunk_size": 1, "attention_dropout": 0.0})
+    assert cli("train", "supervised", "--config", write_config(tmp_path / "one-s", tiny_llama_folder, "supervised", batch_size=4,
+                                                               **supervised), "--no-progress").returncode == 0
+    result = torchrun(write_config(tmp_path / "fsdp-s", tiny_llama_folder, "supervised", batch_size=2, fsdp=True, **supervised),
+                      "supervised", 29545)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.allclose(losses(tmp_path / "one-s" / "run"), losses(tmp_path / "fsdp-s" / "run"), rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_version_1_is_refused_by_name(tmp_path, tiny_llama_folder, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(L2VError, match="FSDP is not supported"):
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(L2VError, match="FSDP2.*--fsdp_version 2"):
         train(load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=1)), show_progress=False,
               log=lambda *_: None)
 
@@ -536,3 +594,98 @@ def test_the_fused_optimizer_makes_the_per_tensor_loops_update():
         second.step()
     for a, b in zip(fused, loop):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+STS_ROWS = [("a man is playing a guitar", "a man plays the guitar", 4.8), ("the cat sits on the mat", "a dog runs in the park", 0.4),
+            ("paris is the capital of france", "the capital of france is paris", 5.0),
+            ("she plays the piano", "he is running to catch the bus", 0.2), ("two children ride bikes", "kids are riding bicycles", 4.1),
+            ("the weather is cold", "it is a cold day", 3.5)]
+
+
+def test_dev_scores_are_logged_and_survive_a_sigkill(tmp_path, tiny_llama_folder):
+    """dev.jsonl: the dev STS score before the first step, every `dev.every` steps and after the last; a resumed run
+    writes the same lines as an uninterrupted one; `seconds` is training time over every part of a run."""
+    sts = tmp_path / "dev_sts.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in STS_ROWS))
+    dev = {"sts": [str(sts)], "every": 2}
+    straight = load_config(write_config(tmp_path / "a", tiny_llama_folder, "mntp", dev=dev))
+    train(straight, show_progress=False, log=lambda *_: None)
+    lines = [json.loads(line) for line in (tmp_path / "a" / "run" / "dev.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 2, 4, 6]
+    # before the first step the LoRA is the identity: the score is the base encoder's
+    from scipy.stats import spearmanr
+
+    base = Encoder.from_pretrained(str(tiny_llama_folder))
+    left, right = base.encode([r[0] for r in STS_ROWS]), base.encode([r[1] for r in STS_ROWS])
+    expected = 100 * spearmanr((left * right).sum(axis=1), [r[2] for r in STS_ROWS]).statistic
+    assert lines[0]["dev_sts"] == pytest.approx(expected, abs=1e-3)
+    assert lines[0]["seconds"] == 0.0 and lines[-1]["seconds"] > 0
+    killed = write_config(tmp_path / "b", tiny_llama_folder, "mntp", dev=dev)
+    assert killed_after(killed, 3).returncode == -9
+    assert cli("train", "mntp", "--config", killed, "--no-progress").returncode == 0
+    resumed = [json.loads(line) for line in (tmp_path / "b" / "run" / "dev.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["dev_sts"]) for r in resumed] == [(r["step"], r["dev_sts"]) for r in lines]
+    seconds = [json.loads(line)["seconds"] for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert seconds == sorted(seconds)  # the resumed part continues the first part's clock
+    state = json.loads((tmp_path / "b" / "run" / "checkpoints" / "step-00000006" / "state.json").read_text())
+    assert state["seconds"] == pytest.approx(seconds[-1], abs=0.01)
+
+
+def test_training_texts_from_several_gzip_files_without_short_lines(tmp_path):
+    import gzip
+
+    from l2v.errors import InputFileError
+    from l2v.train.config import DataConfig
+    from l2v.train.data import load_texts
+
+    first, second = tmp_path / "a.txt.gz", tmp_path / "b.jsonl.gz"
+    with gzip.open(first, "wt", encoding="utf-8") as handle:
+        handle.write("History.\nThe town was founded in 1820 by settlers.\n\nIt grew quickly.\n")
+    with gzip.open(second, "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text": "A second file holds this line."}) + "\n")
+    config = DataConfig(train=[str(first), str(second)], min_words=3)
+    assert load_texts(config) == ["The town was founded in 1820 by settlers.", "It grew quickly.",
+                                  "A second file holds this line."]
+    assert len(load_texts(DataConfig(train=str(first)))) == 3
+    broken = tmp_path / "broken.txt.gz"
+    broken.write_bytes(first.read_bytes()[:20])
+    with pytest.raises(InputFileError, match="broken.txt.gz: not a complete gzip file"):
+        load_texts(DataConfig(train=str(broken)))
+    with pytest.raises(InputFileError, match="at least 30 words"):
+        load_texts(DataConfig(train=str(first), min_words=30))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"train": []}}, r"data.train \(a local file\)"),
+    ({"data": {"train": ["x.txt", 3]}}, "data.train must be a file path or a non-empty list"),
+    ({"data": {"min_words": -1}}, "data.min_words must be a non-negative integer"),
+    ({"dev": {"sts": ["missing.tsv"]}}, "dev.sts: file not found: missing.tsv"),
+    ({"dev": {"every": "often"}}, "dev.every must be a non-negative integer"),
+    ({"pooling_options": {"skip_first": True}}, "unknown option"),
+])
+def test_bad_data_dev_and_pooling_settings_are_named(tmp_path, tiny_llama_folder, change, message):
+    path = write_config(tmp_path, tiny_llama_folder, "simcse", **change)
+    with pytest.raises(L2VError, match=message):
+        train(load_config(path), show_progress=False, log=lambda *_: None)
+
+
+def test_the_pooling_option_is_trained_with_and_saved(tmp_path, tiny_llama_folder, sentences):
+    config = load_config(write_config(tmp_path, tiny_llama_folder, "simcse", steps=2, pooling_options={"skip_first_token": True}))
+    final = train(config, show_progress=False, log=lambda *_: None)
+    encoder = Encoder.from_pretrained(str(final))
+    assert encoder.config.pooling_options == {"skip_first_token": True} and encoder.pooling.skip_first_token
+
+
+def test_set_overrides_any_key_and_names_bad_ones(tmp_path, tiny_llama_folder):
+    path = write_config(tmp_path, tiny_llama_folder, "simcse")
+    config = load_config(path, settings=["lora.r=8", "data.min_words=3", "adapters=[a, b]", "fsdp=true", "learning_rate=2e-4"])
+    assert (config.lora.r, config.lora.alpha, config.data.min_words, config.adapters, config.fsdp) == (8, 8, 3, ["a", "b"], True)
+    assert config.learning_rate == 2e-4 and config.data.train.endswith("texts.txt")
+    with pytest.raises(L2VError, match="expected KEY=VALUE"):
+        load_config(path, settings=["lora.r"])
+    with pytest.raises(L2VError, match="'steps' is not a section"):
+        load_config(path, settings=["steps.x=1"])
+    with pytest.raises(L2VError, match="unknown config key lora.'rank'"):
+        load_config(path, settings=["lora.rank=8"])
+    result = cli("train", "simcse", "--config", path, "--set", "batch_size=0", "--no-progress")
+    assert result.returncode == 2 and "batch_size must be a positive integer" in result.stderr

@@ -200,7 +200,7 @@ def demo(
 
 @app.command("eval")
 def evaluate(
-    models: Optional[list[str]] = typer.Argument(None, help="models to evaluate side by side in one table and chart; NAME[@causal,pooling=P,max_length=N,adapters=A]"),
+    models: Optional[list[str]] = typer.Argument(None, help="models to evaluate side by side in one table and chart; NAME[@causal,pooling=P,skip_first_token,max_length=N,adapters=A]"),
     model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="model to evaluate (repeatable)"),
     tasks: Optional[str] = typer.Option(None, help="comma-separated families or task names: sts,classification,pair_classification,retrieval,clustering,word_level"),
     data: Optional[Path] = typer.Option(None, help="folder with the data sets (sts/, classification/, ...)"),
@@ -252,6 +252,8 @@ def train(
     config: Path = typer.Option(..., "--config", "-c", help="YAML training config (see configs/)"),
     steps: Optional[int] = typer.Option(None, help="override the config's steps"),
     output: Optional[str] = typer.Option(None, help="override the config's output folder"),
+    settings: Optional[list[str]] = typer.Option(None, "--set", help="override any config key: KEY=VALUE (dotted for "
+                                                 "sections, value read as YAML), e.g. --set data.train=x.txt --set lora.r=8; repeatable"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train one stage of the LLM2Vec recipe. Rerunning the same command resumes from the last checkpoint."""
@@ -265,7 +267,7 @@ def train(
         if stage not in OBJECTIVES:
             raise L2VError(f"unknown stage {stage!r}; choose one of: {', '.join(OBJECTIVES)}")
         overrides = {k: v for k, v in {"steps": steps, "output": output}.items() if v is not None}
-        loaded = load_config(config, overrides)
+        loaded = load_config(config, overrides, settings or [])
         if loaded.stage != stage:
             raise L2VError(f"{config}: stage is {loaded.stage!r}, but the command asked for {stage!r}")
         run_training(loaded, show_progress=progress, log=lambda line: typer.echo(line, err=True))

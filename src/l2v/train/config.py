@@ -25,11 +25,13 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    train: str | None = None  # a local file: .txt / .jsonl (texts) or .jsonl triples for supervised
+    # a local file or a list of them: .txt / .jsonl texts (either may be .gz), or .jsonl triples for supervised
+    train: str | list[str] | None = None
     hub: str | None = None  # a Hugging Face dataset name (users with internet)
     hub_split: str = "train"
     text_field: str = "text"
     max_examples: int | None = None
+    min_words: int = 0  # texts with fewer whitespace-separated words are left out (e.g. Wikipedia's heading lines)
 
 
 @dataclass
@@ -47,6 +49,13 @@ class ContrastiveOptions:
 
 
 @dataclass
+class DevConfig:
+    """Development-set scores during training (learning curves): written to ``OUTPUT/dev.jsonl``."""
+    sts: list[str] = field(default_factory=list)  # STS files (sentence1, sentence2, score): Spearman x100 of cosine
+    every: int = 0  # steps between evaluations (0: only before the first step and after the last)
+
+
+@dataclass
 class TrainConfig:
     stage: str
     model: str
@@ -54,6 +63,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     adapters: list[str] = field(default_factory=list)  # merged into the model before training (e.g. MNTP's)
     pooling: str = "mean"
+    pooling_options: dict = field(default_factory=dict)  # e.g. {skip_first_token: true} (mean pooling); saved with the encoder
     max_length: int = 128  # training truncates texts here
     encoder_max_length: int = 512  # stored with the saved encoder: what encoding truncates at
     batch_size: int = 32
@@ -70,9 +80,13 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1  # micro-batches of batch_size per process in one optimizer step
     trackers: list[str] = field(default_factory=list)  # accelerate trackers beside metrics.jsonl, e.g. [tensorboard]
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, same result
+    # shard the frozen base and the LoRA weights over the processes (FSDP2, by accelerate) instead of copying them
+    # to each (DDP): for bases that do not fit one device; also on with `accelerate launch --use_fsdp`
+    fsdp: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     mntp: MntpOptions = field(default_factory=MntpOptions)
     contrastive: ContrastiveOptions = field(default_factory=ContrastiveOptions)
+    dev: DevConfig = field(default_factory=DevConfig)
 
 
 def from_mapping(cls, values: Any, where: str, source: str):
@@ -111,10 +125,34 @@ def read_yaml(path: str | Path) -> dict:
     return values
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+def apply_settings(values: dict, settings: list[str], source: str) -> dict:
+    """``KEY=VALUE`` strings (``--set``) into a config mapping: a dotted key reaches into nested sections
+    (``data.train=x.txt``, ``lora.r=8``), the value is read as YAML (``adapters=[a, b]``, ``fsdp=true``)."""
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep or not key.strip():
+            raise L2VError(f"{source}: --set {setting!r}: expected KEY=VALUE (e.g. data.train=texts.txt)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise L2VError(f"{source}: --set {setting!r}: the value is not valid YAML") from None
+        parts = key.strip().split(".")
+        target = values
+        for part in parts[:-1]:
+            nested = target.setdefault(part, {})
+            if not isinstance(nested, dict):
+                raise L2VError(f"{source}: --set {setting!r}: {part!r} is not a section")
+            target = nested
+        target[parts[-1]] = value
+    return values
+
+
+def load_config(path: str | Path, overrides: dict | None = None, settings: list[str] | None = None) -> TrainConfig:
+    """A training config from YAML; ``overrides`` replace top-level keys, ``settings`` are ``--set KEY=VALUE``."""
     path = Path(path)
     values = read_yaml(path)
     values.update(overrides or {})
+    apply_settings(values, settings or [], str(path))
     for required in ("stage", "model", "output"):
         if required not in values:
             raise L2VError(f"{path}: missing config key {required!r}")
@@ -146,6 +184,21 @@ def validate(config: "TrainConfig", source: str, prefix: str = "") -> None:
         raise L2VError(f"{source}: {prefix}trackers must be a list of tracker names (e.g. [tensorboard]), got {config.trackers!r}")
     if not config.data.train and not config.data.hub:
         raise L2VError(f"{source}: {prefix}data.train (a local file) or {prefix}data.hub (a dataset name) is required")
+    if not isinstance(config.dev.sts, list) or not all(isinstance(p, str) and p for p in config.dev.sts):
+        raise L2VError(f"{source}: {prefix}dev.sts must be a list of STS file paths, got {config.dev.sts!r}")
+    if not isinstance(config.dev.every, int) or isinstance(config.dev.every, bool) or config.dev.every < 0:
+        raise L2VError(f"{source}: {prefix}dev.every must be a non-negative integer, got {config.dev.every!r}")
+    missing = [p for p in config.dev.sts if not Path(p).is_file()]
+    if missing:
+        raise L2VError(f"{source}: {prefix}dev.sts: file not found: {missing[0]}")
+    if not isinstance(config.pooling_options, dict):
+        raise L2VError(f"{source}: {prefix}pooling_options must be a mapping, got {config.pooling_options!r}")
+    train = config.data.train
+    if train is not None and not isinstance(train, str) and not (
+            isinstance(train, list) and train and all(isinstance(p, str) and p for p in train)):
+        raise L2VError(f"{source}: {prefix}data.train must be a file path or a non-empty list of file paths, got {train!r}")
+    if not isinstance(config.data.min_words, int) or isinstance(config.data.min_words, bool) or config.data.min_words < 0:
+        raise L2VError(f"{source}: {prefix}data.min_words must be a non-negative integer, got {config.data.min_words!r}")
     coerce_numbers(config, f"{source}: {prefix.rstrip('.')}" if prefix else source)
 
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 15: the paper-sized unsupervised recipe (configs/smollm2-mntp-paper.yaml, then
+# configs/smollm2-simcse-paper.yaml on its adapter) on one GPU, then a check of what it wrote.
+#
+#   bash benchmarks/gpu_paper.sh OUT [STEPS]
+#
+# OUT gets mntp/ and simcse/ (metrics.jsonl, dev.jsonl, checkpoints, encoder/adapter) and summary.json (wall time
+# per stage, final dev scores, device). STEPS overrides both stages' steps (the CPU try-out: `... OUT 2`, with
+# L2V_SMALL=1 for short texts and small batches). Rerunning resumes both stages from their checkpoints.
+# Environment: L2V_DATA (the data folder, default ../shared/data), PYTHON (default .venv/bin/python, else python3).
+#
+# On the lent GPU machine (no internet, a 64 MiB working-tree limit per call, files kept between calls while the
+# machine is warm): `bash benchmarks/gpu_pack.sh` writes .gpu/ (ignored) in three parts under 64 MiB; carry
+# .gpu/part1, then .gpu/part2, then .gpu/part3 in three back-to-back calls, the last one running
+#   bash .gpu/part3/unpack.sh && L2V_DATA=.gpu/data PYTHON=python3 bash benchmarks/gpu_paper.sh $OUT/paper
+# Sized for about 8 minutes of an H200 (1000 + 1000 steps of a 135M model); the machine start comes on top.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:?usage: gpu_paper.sh OUT [STEPS]}"
+STEPS="${2:-}"
+DATA="${L2V_DATA:-../shared/data}"
+PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
+site=""
+[ -d .gpu/site ] && site="$PWD/.gpu/site:"   # the GPU machine: the GGUF and the gguf package (gpu_pack.sh)
+export PYTHONPATH="$PWD/src:$site${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+steps=()
+[ -n "$STEPS" ] && steps=(--steps "$STEPS")
+small=()
+[ -n "${L2V_SMALL:-}" ] && small=(--set batch_size=4 --set max_length=32 --set dev.sts="[$DATA/sts/sickr_trial.tsv]" --set save_every=1)
+dev="[$DATA/sts/stsb_dev.tsv, $DATA/sts/sickr_trial.tsv]"
+mkdir -p "$OUT"
+start=$(date +%s)
+"$PY" -m l2v.cli train mntp --config configs/smollm2-mntp-paper.yaml --output "$OUT/mntp" "${steps[@]}" --no-progress \
+  --set data.train="[$DATA/text/unlabeled/wikipedia_en_WikiTasks_2021.txt.gz]" --set dev.sts="$dev" "${small[@]}"
+middle=$(date +%s)
+"$PY" -m l2v.cli train simcse --config configs/smollm2-simcse-paper.yaml --output "$OUT/simcse" "${steps[@]}" --no-progress \
+  --set adapters="[$OUT/mntp/encoder/adapter]" --set data.train="$DATA/text/wiki1m_subset.txt" --set dev.sts="$dev" "${small[@]}"
+end=$(date +%s)
+"$PY" - "$OUT" "$((middle - start))" "$((end - middle))" <<'PY'
+import json, math, sys
+from pathlib import Path
+
+import torch
+
+out, seconds = Path(sys.argv[1]), {"mntp": int(sys.argv[2]), "simcse": int(sys.argv[3])}
+summary = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "wall_seconds": seconds}
+for stage in ("mntp", "simcse"):
+    run = out / stage
+    config = json.loads((run / "config.json").read_text())
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    dev = [json.loads(line) for line in (run / "dev.jsonl").read_text().splitlines()]
+    assert len(losses) == config["steps"] and all(math.isfinite(x) for x in losses), f"{stage}: bad metrics"
+    assert (run / "encoder" / "adapter" / "adapter_model.safetensors").exists(), f"{stage}: no adapter"
+    assert dev and dev[-1]["step"] == config["steps"], f"{stage}: no final dev scores"
+    summary[stage] = {"steps": config["steps"], "first_loss": losses[0], "last_loss": losses[-1], "dev": dev}
+from l2v import Encoder
+
+vectors = Encoder.from_pretrained(str(out / "simcse" / "encoder")).encode(["A man plays a guitar.", "Someone is playing music."])
+summary["paraphrase_cosine"] = float((vectors[0] * vectors[1]).sum())
+(out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+print(json.dumps({k: v for k, v in summary.items() if k not in ("mntp", "simcse")} | {
+    s: {"last_loss": summary[s]["last_loss"], "dev": summary[s]["dev"][-1]} for s in ("mntp", "simcse")}, indent=1))
+PY
