@@ -7,18 +7,27 @@ server's peak RSS (VmHWM). Bounded: every request has a timeout and the whole ru
 
     python benchmarks/serve_load.py [--model smollm2-135m] [--requests 1000] [--concurrency 64]
 Results go to benchmarks/results/serve_load.json.
+
+Overload mode (issue 18): N clients at once, one request each, against the server's default limits, today's
+server and the one at ``--before`` (a commit, run from a git worktree) in the same run; counts by status, p50/p99
+of the 200s, throughput of the 200s, Retry-After values and peak RSS. Clients wait longer than the server's
+timeout, so every answer is the server's own. Results go to benchmarks/results/serve_overload.json.
+
+    python benchmarks/serve_load.py --overload 10000 --before aaec434
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +47,113 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def burst(url: str, texts: list[str], timeout: float) -> dict:
+    """Every text at once, one request per client; each answer counted by status."""
+    statuses: dict[str, int] = {}
+    latencies: list[float] = []
+    retry_after: list[int] = []
+    limits = httpx.Limits(max_connections=len(texts), max_keepalive_connections=0)
+
+    async def client(http: httpx.AsyncClient, text: str) -> None:
+        begin = time.perf_counter()
+        try:
+            response = await http.post(f"{url}/v1/embeddings", json={"input": text, "model": "bench"}, timeout=timeout)
+        except httpx.HTTPError as error:
+            statuses[type(error).__name__] = statuses.get(type(error).__name__, 0) + 1
+            return
+        key = str(response.status_code)
+        statuses[key] = statuses.get(key, 0) + 1
+        if response.status_code == 200:
+            latencies.append(time.perf_counter() - begin)
+        elif "retry-after" in response.headers:
+            retry_after.append(int(response.headers["retry-after"]))
+
+    begin = time.perf_counter()
+    async with httpx.AsyncClient(limits=limits) as http:
+        await asyncio.gather(*[client(http, text) for text in texts])
+    wall = time.perf_counter() - begin
+    latencies.sort()
+    done = len(latencies)
+
+    def quantile(q: float) -> float:
+        return round(latencies[min(done - 1, int(q * done))], 2) if done else float("nan")
+
+    non_200 = len(texts) - done
+    return {"clients": len(texts), "by_status": dict(sorted(statuses.items())), "wall_seconds": round(wall, 1),
+            "ok_per_second": round(done / wall, 2), "p50_s": quantile(0.50), "p99_s": quantile(0.99),
+            "non_200_with_retry_after": len(retry_after), "non_200": non_200,
+            "retry_after_s": {"min": min(retry_after), "median": statistics.median(retry_after), "max": max(retry_after)} if retry_after else None}
+
+
+def start_server(args, port: int, extra: list[str], source: Path | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "l2v.cli", "serve", "--model", args.model, "--served-name", "bench", "--port", str(port), *extra]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if source is not None:  # another l2v's source tree first on the path
+        env["PYTHONPATH"] = f"{source / 'src'}:{env.get('PYTHONPATH', '')}"
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_healthy(server: subprocess.Popen, url: str) -> None:
+    start = time.time()
+    while True:
+        if server.poll() is not None:
+            sys.exit(f"the server exited: {server.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.time() - start > 300:
+            sys.exit("the server did not come up within 300 s")
+        time.sleep(0.5)
+
+
+def run_overload(args, texts: list[str], source: Path | None) -> dict:
+    port = free_port()
+    server = start_server(args, port, [], source)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(server, url)
+        httpx.post(f"{url}/v1/embeddings", json={"input": texts[:8], "model": "bench"}, timeout=120)  # warm-up
+        result = asyncio.run(burst(url, texts, args.timeout))
+        result["server_peak_rss_mb"] = round(peak_rss_mb(server.pid), 1)
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        result["server_health"] = {k: v for k, v in health.items() if k not in ("model", "uptime_seconds")}
+        return result
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def overload(args) -> None:
+    sentences = stsb_test_sentences()
+    texts = [sentences[i % len(sentences)] for i in range(args.overload)]
+    results = {}
+    worktree = None
+    if args.before:
+        worktree = Path(tempfile.mkdtemp(prefix="l2v-before-")) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], check=True, capture_output=True)
+    try:
+        runs = [("now", None)] + ([(f"before ({args.before})", worktree)] if worktree else [])
+        for name, source in runs:
+            print(f"== {name}: {args.overload} clients at once", flush=True)
+            results[name] = run_overload(args, texts, source)
+            print(json.dumps(results[name]), flush=True)
+    finally:
+        if worktree is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], capture_output=True)
+    path = write_result("serve_overload", {
+        "model": args.model, "clients": args.overload, "client_timeout_s": args.timeout, "server": "default limits",
+        "results": results, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "date": time.strftime("%Y-%m-%d"),
+    })
+    print(f"wrote {path}")
 
 
 async def load(url: str, texts: list[str], concurrency: int, timeout: float, deadline: float) -> dict:
@@ -125,7 +241,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="deadline for sending, per mode")
+    parser.add_argument("--overload", type=int, default=0, help="N clients at once, one request each (overload mode)")
+    parser.add_argument("--before", default=None, help="overload mode: also run the server of this commit")
     args = parser.parse_args()
+    if args.overload:
+        if args.timeout <= 120:
+            args.timeout = 150.0  # longer than the server's default 120 s: every answer is the server's
+        overload(args)
+        return
     sentences = stsb_test_sentences()
     texts = [sentences[i % len(sentences)] for i in range(args.requests)]
     results = {}

@@ -31,12 +31,13 @@ def running_server(encoder, settings: ServerSettings, slow_seconds: float = 0.0,
     app = create_app(encoder, settings)
     batcher = app.state.batcher
     original = batcher._encode
+    batcher.control = {"slow": slow_seconds, "fail": fail}  # a test may change them while the server runs
 
     def encode(items):
-        if fail:
+        if batcher.control["fail"]:
             raise RuntimeError("the model fell over")
-        if slow_seconds:
-            time.sleep(slow_seconds)
+        if batcher.control["slow"]:
+            time.sleep(batcher.control["slow"])
         return original(items)
 
     batcher._encode = encode
@@ -209,15 +210,101 @@ def test_request_larger_than_the_queue_is_413_not_an_endless_503(tiny_encoder):
         assert big.status_code == 413 and "body" in big.json()["error"]["message"]
 
 
-def test_slow_request_gets_504_and_failure_gets_500(tiny_encoder):
-    with running_server(tiny_encoder, ServerSettings(model_name="tiny", request_timeout=0.2), slow_seconds=1.0) as (url, _):
+def test_a_request_that_cannot_finish_in_time_is_refused_at_once(tiny_encoder):
+    """The model is slow from the start (the calibration batch measures it): a request with a 0.2 s deadline is
+    refused at once with 503 and Retry-After, not left to time out; the client's own shorter timeout counts too."""
+    with running_server(tiny_encoder, ServerSettings(model_name="tiny", request_timeout=0.2), slow_seconds=1.0) as (url, batcher):
+        begin = time.time()
         response = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
-        assert response.status_code == 504 and "longer than 0.2 s" in response.json()["error"]["message"]
+        assert time.time() - begin < 0.5, "refused at once, not after the deadline"
+        assert response.status_code == 503 and response.json()["error"]["code"] == "overloaded"
+        assert int(response.headers["retry-after"]) >= 1 and batcher.stats.texts == 0
+        assert httpx.get(f"{url}/health").json()["refusals"] == {"overloaded": 1}
+    with running_server(tiny_encoder, ServerSettings(model_name="tiny"), slow_seconds=1.0) as (url, _):
+        short = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, headers={"X-Request-Timeout": "0.3"})
+        assert short.status_code == 503 and short.json()["error"]["code"] == "overloaded"
+        openai_client = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, headers={"X-Stainless-Timeout": "0.3"})
+        assert openai_client.status_code == 503
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30).status_code == 200
+        bad = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, headers={"X-Request-Timeout": "soon"})
+        assert bad.status_code == 400 and "X-Request-Timeout must be a positive number" in bad.json()["error"]["message"]
+
+
+def test_a_model_that_slows_down_suddenly_gets_504_and_failure_gets_500(tiny_encoder):
+    settings = ServerSettings(model_name="tiny", request_timeout=0.5)
+    with running_server(tiny_encoder, settings) as (url, batcher):
+        batcher.control["slow"] = 2.0  # after the calibration measured it fast: admitted, then too slow
+        response = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
+        assert response.status_code == 504 and "longer than 0.5 s" in response.json()["error"]["message"]
         assert httpx.get(f"{url}/health").status_code == 200
     with running_server(tiny_encoder, ServerSettings(model_name="tiny"), fail=True) as (url, _):
         response = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
         assert response.status_code == 500 and "the model fell over" in response.json()["error"]["message"]
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(tiny_encoder):
+    """One request holds the model for 1.5 s (the estimate, from a fast calibration, admits a second one with a 0.5 s
+    deadline): the second expires in the queue, is answered 504 and never reaches the model; /metrics counts it."""
+    settings = ServerSettings(model_name="tiny", batching=False)
+    with running_server(tiny_encoder, settings) as (url, batcher):
+        batcher.control["slow"] = 1.5
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
+            time.sleep(0.3)
+            second = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": TEXTS, "model": "tiny"},
+                                 headers={"X-Request-Timeout": "0.5"}, timeout=30)
+            assert first.result().status_code == 200 and second.result().status_code == 504
+        deadline = time.time() + 10
+        while (batcher.queued_texts or batcher._in_flight) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        assert batcher.stats.texts == 1 and batcher.stats.expired == 1  # the expired request's 4 texts never ran
+        text = httpx.get(f"{url}/metrics").text
+        assert "l2v_expired_requests 1.0" in text and "l2v_queue_wait_seconds" in text and "l2v_tokens_per_second" in text
+
+
+def test_retry_after_grows_with_the_work_queued_ahead(tiny_encoder):
+    import threading
+
+    from l2v.serve.batcher import MicroBatcher, Overloaded
+
+    async def scenario():
+        batcher = MicroBatcher(tiny_encoder, calibrate=False, batching=False)
+        release = threading.Event()
+        batcher._encode = lambda items: (release.wait(10), np.zeros((len(items), 4), dtype=np.float32))[1]
+        await batcher.start()
+        batcher.speed.observe(100, 1.0)  # 0.01 s per token
+        items = tiny_encoder.tokenize(["a sentence of several tokens for the queue"])
+        tokens = len(items[0].input_ids)
+        futures = [batcher.submit(items)]  # no deadline: always admitted
+        await asyncio.sleep(0.05)  # now running, the model blocked
+        retry = []
+        for _ in range(3):
+            futures += [batcher.submit(items) for _ in range(20)]
+            with pytest.raises(Overloaded) as refused:
+                batcher.submit(items, deadline=time.monotonic() + 0.5)
+            retry.append(refused.value.retry_after)
+        assert retry[0] < retry[1] < retry[2]
+        assert abs(refused.value.expected - batcher.margin * 0.01 * tokens * 62) < 0.05 * tokens  # 61 queued + itself
+        admitted = batcher.submit(items, deadline=time.monotonic() + 100)  # enough time: admitted
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*futures, admitted), 30)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_admitted_requests_are_bounded_in_bytes(tiny_encoder):
+    settings = ServerSettings(model_name="tiny", max_pending_bytes=20_000)
+    with running_server(tiny_encoder, settings) as (url, _):
+        small = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"], "model": "tiny"}, timeout=30)
+        assert small.status_code == 200
+        big = httpx.post(f"{url}/v1/embeddings", json={"input": ["paris"] * 200, "model": "tiny"}, timeout=30)
+        assert big.status_code == 503 and big.json()["error"]["code"] == "memory" and big.headers["retry-after"] == "1"
+        health = httpx.get(f"{url}/health").json()
+        assert health["pending_bytes"] == 0 and health["refusals"] == {"memory": 1}
+        assert 'l2v_refusals_total{reason="memory"} 1.0' in httpx.get(f"{url}/metrics").text
 
 
 def test_a_request_whose_client_hangs_up_never_reaches_the_model(tiny_encoder):

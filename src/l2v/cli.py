@@ -369,7 +369,8 @@ def serve(
     max_texts: int = typer.Option(2048, "--max-texts", min=1, help="texts per request (more: 413)"),
     max_chars: int = typer.Option(100_000, "--max-chars", min=1, help="characters per text (more: 413)"),
     max_queue: int = typer.Option(8192, "--max-queue", min=1, help="texts waiting for the model (more: 503 + Retry-After)"),
-    request_timeout: float = typer.Option(120.0, "--request-timeout", min=0.1, help="seconds before a request gets 504"),
+    request_timeout: float = typer.Option(120.0, "--request-timeout", min=0.1, help="the longest a request may take (a client may ask for less with X-Request-Timeout); a request that cannot finish by then is refused at once with 503"),
+    max_pending_mb: int = typer.Option(512, "--max-pending-mb", min=1, help="memory for admitted requests' bodies, tokens and responses (more: 503 + Retry-After)"),
     truncate: bool = typer.Option(False, "--truncate/--no-truncate", help="cut texts over --max-length tokens instead of 413"),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=2),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="expose Prometheus /metrics"),
@@ -390,7 +391,8 @@ def serve(
         encoder = Encoder.from_pretrained(model, adapters=list(adapters or []) or None, max_length=max_length, dtype=dtype, device=device)
         settings = ServerSettings(model_name=served_name or model, api_key=api_key, max_texts_per_request=max_texts,
                                   max_chars_per_text=max_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens,
-                                  batching=batching, request_timeout=request_timeout, truncate=truncate, metrics=metrics)
+                                  batching=batching, request_timeout=request_timeout,
+                                  max_pending_bytes=max_pending_mb * 1024 * 1024, truncate=truncate, metrics=metrics)
         run_server(encoder, settings, host=host, port=port)
 
     _run(action)

@@ -6,9 +6,17 @@ OpenAI, ``usage`` included. ``GET /health``, ``GET /v1/models`` and (optionally)
 
 Every bad request is an OpenAI-style error object with a clear message naming the item: 400 invalid JSON,
 401 missing or wrong bearer key, 404 unknown model, 413 too many texts / a text too long / a body too
-large, 422 a wrong type, an empty text, an unknown encoding format, 503 (with Retry-After) when the queue is
-full, 504 when a request outlives ``request_timeout``. A request whose client hangs up while it waits is
-taken out of the queue before it reaches the model (logged as 499). The model runs behind :class:`MicroBatcher`.
+large, 422 a wrong type, an empty text, an unknown encoding format, 503 (with an honest Retry-After) when the
+server cannot answer in time, 504 when an admitted request still outlives its deadline (a model that suddenly
+slowed down).
+
+Admission is by expected wait: a request gets a deadline, the shorter of ``request_timeout`` and what the client
+says it will wait (``X-Request-Timeout``, or the ``X-Stainless-Timeout`` the OpenAI client sends), and is refused
+at once (503, reason ``overloaded``, Retry-After = when the queue will have drained enough) when the work queued
+ahead of it cannot finish by then, by the batcher's running speed estimate. Memory is bounded in bytes: each
+admitted request holds its body, its token lists and its expected response against ``max_pending_bytes`` (503,
+reason ``memory``). A request whose client hangs up or whose deadline passes while it waits is taken out of the
+queue before it reaches the model (499 / 504, counted). The model runs behind :class:`MicroBatcher`.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..encoder import Encoder
 from ..errors import L2VError
-from .batcher import MicroBatcher, QueueFull
+from .batcher import DeadlineExpired, MicroBatcher, Overloaded, QueueFull
 
 
 @dataclass
@@ -43,7 +51,9 @@ class ServerSettings:
     max_batch_texts: int = 512
     batching: bool = True
     max_wait_ms: float = 0.0
-    request_timeout: float = 120.0
+    request_timeout: float = 120.0  # the longest a request may take; a client may ask for less (X-Request-Timeout)
+    max_pending_bytes: int = 512 * 1024 * 1024  # bodies, token lists and responses of admitted requests, together
+    calibrate: bool = True  # time one batch at start: the speed estimate exists before the first burst
     truncate: bool = False  # False: a text over max_length tokens is a 413, as OpenAI answers
     metrics: bool = True
 
@@ -80,6 +90,12 @@ class _Metrics:
         self.batches = Gauge("l2v_batches", "forward batches run by the micro-batcher", registry=self.registry)
         self.largest_batch = Gauge("l2v_largest_batch_texts", "most texts merged into one batch", registry=self.registry)
         self.queue = Gauge("l2v_queue_texts", "texts waiting for the model", registry=self.registry)
+        self.wait = Gauge("l2v_queue_wait_seconds", "expected seconds before a new one-text request is answered", registry=self.registry)
+        self.speed = Gauge("l2v_tokens_per_second", "the model's running speed estimate", registry=self.registry)
+        self.pending = Gauge("l2v_pending_bytes", "bytes held by admitted requests (bodies, tokens, responses)", registry=self.registry)
+        self.refusals = Counter("l2v_refusals", "requests refused with 503 by reason", ["reason"], registry=self.registry)
+        self.expired = Gauge("l2v_expired_requests", "requests dropped unrun because their deadline passed in the queue", registry=self.registry)
+        self.abandoned = Gauge("l2v_abandoned_requests", "requests dropped unrun because they were cancelled in the queue", registry=self.registry)
 
 
 def _parse_request(raw: bytes, settings: ServerSettings, hidden_size: int) -> dict:
@@ -148,10 +164,46 @@ async def _client_disconnected(request: Request) -> None:
             return
 
 
+TOKEN_BYTES = 100  # a queued token's share of its Tokenized lists (ids, masks: Python ints and list slots)
+
+
+def _client_timeout(request: Request) -> float | None:
+    """How long the client says it will wait: ``X-Request-Timeout`` (a bad value is a 400), else the OpenAI client's
+    ``X-Stainless-Timeout`` (ignored when unreadable)."""
+    raw = request.headers.get("x-request-timeout")
+    if raw is not None:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise RequestError(400, f"X-Request-Timeout must be a positive number of seconds, got {raw!r}", code="invalid_timeout")
+        return value
+    try:
+        value = float(request.headers.get("x-stainless-timeout", ""))
+    except ValueError:
+        return None
+    return value if value > 0 and value != float("inf") else None
+
+
+def _response_bytes(texts: int, dimensions: int, encoding_format: str) -> int:
+    """About the size of the JSON answer: a float as text is up to ~22 characters, as base64 5.4 bytes."""
+    return texts * (dimensions * (22 if encoding_format == "float" else 6) + 64) + 256
+
+
 def create_app(encoder: Encoder, settings: ServerSettings):
     """The FastAPI application serving ``encoder``; the micro-batcher starts and stops with it."""
     batcher = MicroBatcher(encoder, max_batch_tokens=settings.max_batch_tokens, max_batch_texts=settings.max_batch_texts,
-                           max_queue_texts=settings.max_queue_texts, batching=settings.batching, max_wait_ms=settings.max_wait_ms)
+                           max_queue_texts=settings.max_queue_texts, batching=settings.batching, max_wait_ms=settings.max_wait_ms,
+                           calibrate=settings.calibrate)
+    refusals: dict[str, int] = {}
+    pending = {"bytes": 0}
+
+    def refuse(reason: str, message: str, retry_after: int = 1) -> RequestError:
+        refusals[reason] = refusals.get(reason, 0) + 1
+        if metrics is not None:
+            metrics.refusals.labels(reason).inc()
+        return RequestError(503, message, code=reason, headers={"Retry-After": str(retry_after)})
     tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2v-tokenize")  # HF tokenizers: one caller at a time
     metrics = _Metrics() if settings.metrics else None
     hidden_size = encoder.dimension
@@ -193,7 +245,11 @@ def create_app(encoder: Encoder, settings: ServerSettings):
         if not batcher.running:
             return JSONResponse({"status": "unavailable", "model": settings.model_name, "reason": "the model worker stopped"},
                                 status_code=503)
+        speed = batcher.speed.tokens_per_second
         return {"status": "ok", "model": settings.model_name, "queue_texts": batcher.queued_texts,
+                "queue_tokens": batcher.queued_tokens, "queue_wait_seconds": round(batcher.expected_wait(), 3),
+                "tokens_per_second": round(speed, 1) if speed else None, "pending_bytes": pending["bytes"],
+                "refusals": dict(refusals), "expired": batcher.stats.expired, "abandoned": batcher.stats.abandoned,
                 "uptime_seconds": round(time.time() - started, 1)}
 
     @app.get("/v1/models")
@@ -208,12 +264,21 @@ def create_app(encoder: Encoder, settings: ServerSettings):
             metrics.batches.set(batcher.stats.batches)
             metrics.largest_batch.set(batcher.stats.largest_batch_texts)
             metrics.queue.set(batcher.queued_texts)
+            metrics.wait.set(batcher.expected_wait())
+            metrics.speed.set(batcher.speed.tokens_per_second or 0.0)
+            metrics.pending.set(pending["bytes"])
+            metrics.expired.set(batcher.stats.expired)
+            metrics.abandoned.set(batcher.stats.abandoned)
             return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         begin = time.perf_counter()
+        held = 0  # bytes this request holds against max_pending_bytes
         try:
+            client_timeout = _client_timeout(request)
+            timeout = min(settings.request_timeout, client_timeout) if client_timeout else settings.request_timeout
+            deadline = time.monotonic() + timeout
             chunks, size = [], 0
             async for chunk in request.stream():  # capped as it arrives (a chunked upload has no Content-Length)
                 size += len(chunk)
@@ -227,8 +292,17 @@ def create_app(encoder: Encoder, settings: ServerSettings):
                 raise RequestError(413, f"'input' has {count} texts, more than the server's queue holds "
                                         f"({settings.max_queue_texts}); split the request", param="input", code="too_many_inputs")
             if batcher.queued_texts + count > settings.max_queue_texts:  # refuse early, before tokenising
-                raise RequestError(503, f"the server is busy ({batcher.queued_texts} texts queued); retry later",
-                                   code="queue_full", headers={"Retry-After": "1"})
+                raise refuse("queue_full", f"the server is busy ({batcher.queued_texts} texts queued); retry later")
+            ahead = batcher.margin * batcher.expected_wait()
+            if ahead > deadline - time.monotonic():  # the queue alone outlasts the deadline: refuse before tokenising
+                error = Overloaded(ahead, deadline - time.monotonic())
+                raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after)
+            held = size + _response_bytes(count, parsed["dimensions"] or hidden_size, parsed["encoding_format"])
+            if pending["bytes"] + held > settings.max_pending_bytes:
+                held = 0
+                raise refuse("memory", f"the server is busy (admitted requests hold {pending['bytes']} bytes, limit "
+                                       f"{settings.max_pending_bytes}); retry later")
+            pending["bytes"] += held
             loop = asyncio.get_running_loop()
             items = [(parsed["instruction"] or "", text) for text in parsed["texts"]]
             try:
@@ -241,16 +315,20 @@ def create_app(encoder: Encoder, settings: ServerSettings):
                         raise RequestError(413, f"input[{index}] is longer than the model's {encoder.config.max_length} tokens "
                                                 "(start the server with --truncate to cut long texts)",
                                            param=f"input[{index}]", code="context_length_exceeded")
+            token_bytes = TOKEN_BYTES * sum(len(item.input_ids) for item in tokenized)
+            pending["bytes"] += token_bytes
+            held += token_bytes
             try:
-                future = batcher.submit(tokenized)
+                future = batcher.submit(tokenized, deadline=deadline)
+            except Overloaded as error:
+                raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after) from None
             except QueueFull as error:
-                raise RequestError(503, f"the server is busy ({error}); retry later", code="queue_full",
-                                   headers={"Retry-After": "1"}) from None
+                raise refuse("queue_full", f"the server is busy ({error}); retry later") from None
             except RuntimeError as error:
                 raise RequestError(503, f"the model worker is not running ({error})", code="unavailable") from None
             gone = asyncio.ensure_future(_client_disconnected(request))
             try:
-                done, _ = await asyncio.wait({future, gone}, timeout=settings.request_timeout,
+                done, _ = await asyncio.wait({future, gone}, timeout=max(0.0, deadline - time.monotonic()),
                                              return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone.cancel()
@@ -261,16 +339,26 @@ def create_app(encoder: Encoder, settings: ServerSettings):
                         if metrics is not None:
                             metrics.disconnects.inc()
                         raise RequestError(499, "the client closed the connection", code="client_closed")
-                    raise RequestError(504, f"the request took longer than {settings.request_timeout:g} s", code="timeout")
+                    raise RequestError(504, f"the request took longer than {timeout:g} s", code="timeout")
                 vectors = future.result()
             except RequestError:
                 raise
+            except DeadlineExpired:
+                raise RequestError(504, f"the request took longer than {timeout:g} s (dropped before the model ran it)",
+                                   code="timeout") from None
             except QueueFull as error:
                 raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None
             except Exception as error:  # noqa: BLE001 - a model failure is this request's 500, not a crash
                 raise RequestError(500, f"encoding failed: {type(error).__name__}: {error}", code="encoding_failed") from None
         except RequestError as error:
+            pending["bytes"] -= held
             return _error_response(error)
+        try:
+            return _answer(vectors, parsed, tokenized, begin)
+        finally:
+            pending["bytes"] -= held
+
+    def _answer(vectors, parsed, tokenized, begin):
         if parsed["dimensions"]:
             vectors = vectors[:, : parsed["dimensions"]]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
