@@ -368,3 +368,30 @@ def test_serve_binds_loopback_by_default():
     serve = get_command(app).commands["serve"]
     host = next(p for p in serve.params if p.name == "host")
     assert host.default == "127.0.0.1"
+
+
+def test_queued_requests_are_refused_early_when_the_model_slows_down(tiny_encoder):
+    """Five requests admitted by a fast estimate; the model then takes 0.4 s a batch: after the first slow batch
+    the estimate follows, and the queued requests that can no longer finish by their 1.5 s deadline are refused
+    (Overloaded, the server's 503) before it, never computed; the ones that can finish are served."""
+    from l2v.serve.batcher import MicroBatcher, Overloaded
+
+    async def scenario():
+        batcher = MicroBatcher(tiny_encoder, calibrate=False, batching=False)
+        batcher._encode = lambda items: (time.sleep(0.4), np.zeros((len(items), 4), dtype=np.float32))[1]
+        await batcher.start()
+        batcher.speed.observe(100, 0.01)  # looks fast: 0.1 ms per token
+        items = tiny_encoder.tokenize(["a short request"])
+        begin = time.monotonic()
+        futures = [batcher.submit(items, deadline=begin + 1.5) for _ in range(6)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        answered = time.monotonic() - begin
+        await batcher.stop()
+        return results, answered, batcher.stats
+
+    results, answered, stats = asyncio.run(scenario())
+    served = [r for r in results if isinstance(r, np.ndarray)]
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(served) >= 2 and len(refused) >= 2 and len(served) + len(refused) == 6, results
+    assert stats.texts == len(served) and stats.shed == len(refused) and stats.expired == 0
+    assert answered < 1.5 + 0.2  # everyone heard by the deadline

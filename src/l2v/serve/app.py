@@ -250,6 +250,7 @@ def create_app(encoder: Encoder, settings: ServerSettings):
                 "queue_tokens": batcher.queued_tokens, "queue_wait_seconds": round(batcher.expected_wait(), 3),
                 "tokens_per_second": round(speed, 1) if speed else None, "pending_bytes": pending["bytes"],
                 "refusals": dict(refusals), "expired": batcher.stats.expired, "abandoned": batcher.stats.abandoned,
+                "shed": batcher.stats.shed,
                 "uptime_seconds": round(time.time() - started, 1)}
 
     @app.get("/v1/models")
@@ -346,6 +347,8 @@ def create_app(encoder: Encoder, settings: ServerSettings):
             except DeadlineExpired:
                 raise RequestError(504, f"the request took longer than {timeout:g} s (dropped before the model ran it)",
                                    code="timeout") from None
+            except Overloaded as error:  # admitted, then the model slowed: refused before it ran
+                raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after) from None
             except QueueFull as error:
                 raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None
             except Exception as error:  # noqa: BLE001 - a model failure is this request's 500, not a crash

@@ -52,43 +52,46 @@ class DeadlineExpired(Exception):
 
 
 class SpeedEstimate:
-    """How long a forward batch takes: ``batch_seconds + tokens * seconds_per_token`` (a fixed cost per batch, which
-    dominates one short text on a CPU, and a cost per token). The calibration batches set both; every batch then
-    updates the per-token cost as an exponentially weighted mean (weighted by its tokens: a large batch counts for
-    more than a one-text request), so a model that slows down is seen within a few batches."""
+    """How long a forward batch takes: ``factor * (batch_seconds + tokens * seconds_per_token)``. The two costs (a
+    fixed one per batch, which dominates one short text on a CPU, and one per token) come from two calibration
+    batches at start; ``factor`` follows every batch's measured time over its predicted time (an exponentially
+    weighted mean per batch), so a model that slows down - other work on the machine, the server's own HTTP work
+    under a burst - is seen after a batch or two."""
 
-    def __init__(self, half_life_tokens: float = 16384.0):
+    def __init__(self, smoothing: float = 0.3):
         self.batch_seconds = 0.0
         self.seconds_per_token: float | None = None
-        self.half_life = half_life_tokens
+        self.factor = 1.0
+        self.smoothing = smoothing
 
     def calibrate(self, small: tuple[int, float], large: tuple[int, float]) -> None:
         """From two timed batches, (tokens, seconds) each: one short text and a few dozen."""
         (n1, t1), (n2, t2) = small, large
-        self.seconds_per_token = max(0.0, (t2 - t1) / (n2 - n1)) if n2 > n1 else t2 / max(n2, 1)
+        self.seconds_per_token = max((t2 - t1) / (n2 - n1), 0.0) if n2 > n1 else 0.0
+        if self.seconds_per_token == 0.0:  # no per-token cost measurable: charge the batch by its tokens instead
+            self.seconds_per_token = t2 / max(n2, 1)
         self.batch_seconds = max(0.0, t1 - self.seconds_per_token * n1)
+        self.factor = 1.0
 
     def observe(self, tokens: int, seconds: float) -> None:
         if tokens <= 0 or seconds <= 0:
             return
-        if seconds < self.batch_seconds:  # faster than the fixed cost we assumed: lower it
-            self.batch_seconds = 0.5 * (self.batch_seconds + seconds)
-        rate = max(seconds - self.batch_seconds, 0.0) / tokens
-        if self.seconds_per_token is None:
-            self.seconds_per_token = rate
+        if self.seconds_per_token is None:  # not calibrated: the first batch sets the scale
+            self.seconds_per_token = seconds / tokens
             return
-        keep = 0.5 ** (tokens / self.half_life)
-        self.seconds_per_token = keep * self.seconds_per_token + (1 - keep) * rate
+        predicted = self.batch_seconds + tokens * self.seconds_per_token
+        if predicted > 0:
+            self.factor = (1 - self.smoothing) * self.factor + self.smoothing * seconds / predicted
 
     def seconds_for(self, tokens: int, batches: int = 1) -> float:
         if self.seconds_per_token is None:
             return 0.0
-        return batches * self.batch_seconds + tokens * self.seconds_per_token
+        return self.factor * (batches * self.batch_seconds + tokens * self.seconds_per_token)
 
     @property
     def tokens_per_second(self) -> float | None:
         """Tokens per second of a full batch (the fixed cost spread thin)."""
-        return None if not self.seconds_per_token else 1.0 / self.seconds_per_token
+        return None if not self.seconds_per_token else 1.0 / (self.factor * self.seconds_per_token)
 
 
 @dataclass
@@ -109,6 +112,7 @@ class BatcherStats:
     requests: int = 0
     largest_batch_texts: int = 0
     expired: int = 0  # dropped unrun: the deadline passed while queued
+    shed: int = 0  # refused after admission: the speed estimate fell and they could no longer finish in time
     abandoned: int = 0  # dropped unrun: cancelled while queued before its deadline (the client went away)
 
 
@@ -237,6 +241,31 @@ class MicroBatcher:
                                                max_tokens_per_batch=self.max_batch_tokens, normalize=False)
         return vectors.numpy()
 
+    def _shed(self) -> None:
+        """After the speed estimate changed: refuse (:class:`Overloaded`) the queued jobs that can no longer finish
+        by their deadline, so their clients hear it now and the model never spends time on them. Jobs are run in
+        order, so each one's finish is the batches of all the queue before it plus its own."""
+        if not self._queue or self.speed.seconds_per_token is None:
+            return
+        now, ahead_tokens, ahead_texts, kept = time.monotonic(), 0, 0, deque()
+        for position, job in enumerate(self._queue):
+            if job.future.done():
+                kept.append(job)  # dropped when taken, counted there
+                continue
+            tokens, texts = ahead_tokens + job.tokens, ahead_texts + len(job.items)
+            batches = (max(math.ceil(tokens / self.max_batch_tokens), math.ceil(texts / self.max_batch_texts), 1)
+                       if self.batching else position + 1)
+            expected = self.margin * self.speed.seconds_for(tokens, batches)
+            if math.isfinite(job.deadline) and now + expected > job.deadline:
+                job.future.set_exception(Overloaded(expected, job.deadline - now))
+                self.stats.shed += 1
+                self._queued_texts -= len(job.items)
+                self._queued_tokens -= job.tokens
+                continue
+            ahead_tokens, ahead_texts = tokens, texts
+            kept.append(job)
+        self._queue = kept
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -274,6 +303,7 @@ class MicroBatcher:
                 continue
             finally:
                 self._in_flight = []
+            self._shed()
             self.stats.batches += 1
             self.stats.texts += len(items)
             self.stats.requests += len(jobs)
