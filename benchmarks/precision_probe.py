@@ -8,6 +8,10 @@ that makes it can be read off. Variants:
   autocast        torch.autocast(bfloat16) over float32 weights (residual stream and norms stay float32)
   autocast+attn32 the same, attention (scores, softmax, weighted sum) computed in float32
   bf16-weights    weights and activations in bfloat16
+  weights-rounded      float32 throughout, the decoder's linear weights rounded to bfloat16 (attention float32)
+  activations-rounded  float32 throughout, the linear layers' inputs rounded to bfloat16 (attention float32)
+  weights-hi+lo        bfloat16 inputs times the weights as two bfloat16 terms (hi + lo), float32 accumulation:
+                       two bfloat16 products per linear layer (attention float32)
 
     .venv/bin/python benchmarks/precision_probe.py [--model smollm2-135m-l2v-sup] [--sentences 200]
 Results: benchmarks/results/precision_probe.json
@@ -43,6 +47,37 @@ def attention_in_float32():
         yield
     finally:
         functional.scaled_dot_product_attention = original
+
+
+@contextlib.contextmanager
+def linear_variant(model, mode: str):
+    """Replace every decoder linear layer's forward by one of the rounding experiments (float32 elsewhere)."""
+    functional = torch.nn.functional
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}."]
+    saved = []
+    for module in linears:
+        w32 = module.weight.detach().float()
+        hi = w32.to(torch.bfloat16)
+        lo = (w32 - hi.float()).to(torch.bfloat16)
+
+        def forward(x, module=module, w32=w32, hi=hi, lo=lo):
+            x = x.float()
+            if mode == "weights-rounded":
+                y = functional.linear(x, hi.float())
+            elif mode == "activations-rounded":
+                y = functional.linear(x.to(torch.bfloat16).float(), w32)
+            else:  # weights-hi+lo
+                xb = x.to(torch.bfloat16)
+                y = functional.linear(xb, hi).float() + functional.linear(xb, lo).float()
+            return y if module.bias is None else y + module.bias.float()
+
+        saved.append((module, module.forward))
+        module.forward = forward
+    try:
+        yield
+    finally:
+        for module, original in saved:
+            module.forward = original
 
 
 def run(encoder, texts: list[str], batch: int = 32):
@@ -82,6 +117,9 @@ def main() -> None:
         "autocast": lambda: (reference, torch.autocast("cpu", dtype=torch.bfloat16)),
         "autocast+attn32": lambda: (reference, contextlib.ExitStack()),
         "bf16-weights": lambda: (Encoder.from_pretrained(args.model, merge_adapters=True, dtype="bfloat16"), contextlib.nullcontext()),
+        "weights-rounded": lambda: (reference, contextlib.ExitStack()),
+        "activations-rounded": lambda: (reference, contextlib.ExitStack()),
+        "weights-hi+lo": lambda: (reference, contextlib.ExitStack()),
     }
     results = {}
     for name, make in variants.items():
@@ -90,6 +128,9 @@ def main() -> None:
         if name == "autocast+attn32":
             context.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
             context.enter_context(attention_in_float32())
+        elif name in ("weights-rounded", "activations-rounded", "weights-hi+lo"):
+            context.enter_context(attention_in_float32())
+            context.enter_context(linear_variant(encoder.model, name))
         begin = time.perf_counter()
         with context:
             embeddings, layers, _ = run(encoder, texts)
