@@ -53,5 +53,25 @@ def test_latent_attention_is_padding_invariant_and_trainable():
 def test_unknown_pooling_names_the_choices():
     with pytest.raises(L2VError, match="unknown pooling 'max'.*mean"):
         canonical_pooling("max")
-    with pytest.raises(L2VError, match="takes no options"):
+    with pytest.raises(L2VError, match="'mean': unknown option.*num_latents.*skip_first_token"):
         build_pooling("mean", 4, {"num_latents": 3})
+    with pytest.raises(L2VError, match="takes no options"):
+        build_pooling("eos_token", 4, {"skip_first_token": True})
+    with pytest.raises(L2VError, match="must be true or false"):
+        build_pooling("mean", 4, {"skip_first_token": "yes"})
+
+
+def test_skip_first_token_leaves_the_first_position_out_whatever_the_padding():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 4)
+    attention = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    pooling = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    mean = build_pooling("mean", 4, {"skip_first_token": True})
+    out = mean(hidden, pooling, attention)
+    assert torch.allclose(out[0], hidden[0, 1:4].mean(0)) and torch.allclose(out[1], hidden[1, 2:5].mean(0))
+    assert torch.allclose(out[2], hidden[2, 4])  # a one-token text keeps its only token
+    weighted = build_pooling("weighted_mean", 4, {"skip_first_token": True})(hidden, pooling, attention)
+    assert torch.allclose(weighted[0], (hidden[0, 1:4] * torch.tensor([1.0, 2.0, 3.0])[:, None] / 6).sum(0))
+    # when the first position is an instruction token (not pooled), nothing changes
+    _, instructed, attention2 = batch()
+    assert torch.allclose(mean(hidden[:2], instructed, attention2), build_pooling("mean", 4)(hidden[:2], instructed, attention2))

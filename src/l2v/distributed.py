@@ -7,6 +7,7 @@ an initialised ``torch.distributed`` group wins over them. Everything in l2v ask
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -40,6 +41,24 @@ def current_process() -> Process:
         return Process(dist.get_rank(), dist.get_world_size(), local)
     return Process(_env_int(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"), 0),
                    _env_int(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"), 1), local)
+
+
+@contextlib.contextmanager
+def gradients_unsynced(model: torch.nn.Module):
+    """Backward passes inside accumulate gradients without the cross-process reduction, for a model wrapped by DDP
+    (``no_sync``) or sharded by FSDP2 (``set_requires_gradient_sync``); a plain model is unaffected. The first
+    backward after the context synchronises everything accumulated."""
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def is_distributed() -> bool:

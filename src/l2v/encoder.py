@@ -100,6 +100,13 @@ class Tokenized:
     truncated: bool = False
 
 
+def _no_autograd(module: torch.nn.Module):
+    """Inference mode; plain no_grad for an FSDP-sharded module, whose gathered weights must stay normal tensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return torch.no_grad() if isinstance(module, FSDPModule) else torch.inference_mode()
+
+
 class Encoder(torch.nn.Module):
     """A decoder LLM used as a text encoder (LLM2Vec). ``Encoder.from_pretrained(...).encode(texts)``."""
 
@@ -486,10 +493,10 @@ class Encoder(torch.nn.Module):
         self.eval()
         progress = tqdm(total=len(distinct), desc="Encoding", unit="text", disable=not show_progress)
         try:
-            with torch.inference_mode():
+            with _no_autograd(self):
                 for batch_indices in batches:
                     features = self.collate([distinct[i] for i in batch_indices])
-                    embeddings = self.forward(features).float()[:, :dim]
+                    embeddings = self(features).float()[:, :dim]
                     if normalize:
                         embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
                     output[torch.tensor(batch_indices)] = embeddings.cpu()
@@ -503,12 +510,15 @@ class Encoder(torch.nn.Module):
         return (output, stats) if return_stats else output
 
     # ------------------------------------------------------------------ saving
-    def save(self, path: str | Path, merge_adapters: bool = False, save_base_weights: bool = False, overwrite: bool = False) -> Path:
+    def save(self, path: str | Path, merge_adapters: bool = False, save_base_weights: bool = False, overwrite: bool = False,
+             trained_state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write a self-describing encoder folder (safetensors only), atomically.
 
         With LoRA adapters the folder holds just the adapters and a reference to the base model, unless
         ``merge_adapters``; with ``save_base_weights`` (or a base that is not re-loadable by name) the full
-        backbone weights are written too.
+        backbone weights are written too. ``trained_state`` (whole tensors of the trainable parameters by their
+        ``named_parameters`` names, e.g. gathered from FSDP shards) is written instead of the live adapter and
+        pooling weights; it needs an encoder that refers to its base.
         """
         from safetensors.torch import save_file
 
@@ -520,6 +530,10 @@ class Encoder(torch.nn.Module):
             raise L2VError("save_base_weights with unmerged adapters is ambiguous; pass merge_adapters=True")
         # Full weights when asked, or when there is no base to refer to (the encoder was loaded from full weights).
         full_weights = merge_adapters or save_base_weights or self.config.base_model == "."
+        if trained_state is not None and full_weights:
+            raise L2VError("saving gathered trained weights writes adapters beside a base reference; this encoder has no "
+                           "base to refer to or full weights were asked for")
+        trained_state = trained_state or {}
         with atomic_dir(path, overwrite=overwrite) as tmp:
             if full_weights:
                 with _plain_configs(model):  # l2v's attention flags are runtime state, not part of the model
@@ -533,10 +547,12 @@ class Encoder(torch.nn.Module):
                     shutil.copytree(merged, tmp / name, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth"))
                     config.merged_adapters.append(name)
                 if has_adapters:
-                    model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
+                    adapter_state = {k[len("model."):]: v for k, v in trained_state.items() if k.startswith("model.")}
+                    model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True, state_dict=adapter_state or None)
                     config.adapters = ADAPTER_DIR
             self.tokenizer.save_pretrained(tmp)
-            pooling_state = {k: v.detach().cpu().contiguous() for k, v in self.pooling.state_dict().items()}
+            pooling_state = {k: trained_state.get(f"pooling.{k}", v).detach().cpu().contiguous()
+                             for k, v in self.pooling.state_dict().items()}
             if pooling_state:
                 save_file(pooling_state, str(tmp / POOLING_WEIGHTS))
             (tmp / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")

@@ -102,17 +102,39 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _open_binary(path: Path):
+    """A file's bytes; a ``.gz`` file's decompressed bytes."""
+    if path.suffix.lower() == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _numbered(handle, path: Path) -> Iterator[tuple[int, bytes]]:
+    """``enumerate`` over a file's lines from 1, with a damaged gzip stream named as the file's fault."""
+    import gzip
+    import zlib
+
+    number = 0
+    try:
+        for number, raw in enumerate(handle, start=1):
+            yield number, raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise InputFileError(f"{path}: not a complete gzip file after line {number} ({error})") from None
+
+
 def iter_lines(path: str | os.PathLike, digest=None) -> Iterator[tuple[int, str]]:
     """Stream ``(line number, text)`` from a UTF-8 file, one line at a time (LF or CRLF; a final newline ends the
-    last line, it does not start a new one). ``digest`` (a hashlib object), when given, sees every byte read.
+    last line, it does not start a new one); a ``.gz`` file is decompressed as it is read. ``digest`` (a hashlib object), when given, sees every byte read.
     A line that is not UTF-8 is an error naming the file, the line and the byte."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"input file not found: {path}")
     if path.is_dir():
         raise InputFileError(f"input path is a folder, not a file: {path}")
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+    with _open_binary(path) as handle:
+        for number, raw in _numbered(handle, path):
             if digest is not None:
                 digest.update(raw)
             line = raw[:-1] if raw.endswith(b"\n") else raw
@@ -164,11 +186,14 @@ def weights_signature(folder: str | os.PathLike) -> list:
 
 
 def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
-    """Read texts from ``.txt`` (one per line, empty lines kept) or ``.jsonl`` (``{"text": ...}`` per line)."""
+    """Read texts from ``.txt`` (one per line, empty lines kept) or ``.jsonl`` (``{"text": ...}`` per line), either
+    of them possibly gzip-compressed (``.txt.gz``, ``.jsonl.gz``)."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffixes = [s.lower() for s in path.suffixes]
+    suffix = suffixes[-2] if len(suffixes) >= 2 and suffixes[-1] == ".gz" else path.suffix.lower()
     if suffix not in {".txt", ".jsonl"}:
-        raise InputFileError(f"{path}: unsupported input format {suffix or '(no extension)'!r}; use .txt or .jsonl")
+        raise InputFileError(f"{path}: unsupported input format {path.suffix or '(no extension)'!r}; use .txt or .jsonl "
+                             "(optionally .gz)")
     if suffix == ".txt":
         return read_lines(path)
     texts = []

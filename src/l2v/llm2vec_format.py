@@ -380,6 +380,9 @@ def check_exportable(encoder) -> None:
                        "would not give this encoder's embeddings")
     if encoder.config.pooling not in OFFICIAL_POOLINGS:
         raise L2VError(f"--format llm2vec: llm2vec 0.2.3 has no {encoder.config.pooling!r} pooling")
+    if encoder.config.pooling_options.get("skip_first_token"):
+        raise L2VError("--format llm2vec: llm2vec 0.2.3 pools every text token; this encoder's pooling leaves the first "
+                       "position out (skip_first_token)")
     if not encoder.config.bidirectional:
         raise L2VError("--format llm2vec: the encoder is causal; llm2vec's folders load bidirectional")
     if encoder.config.text_format != "llm2vec" and encoder.config.pooling in ("eos_token", "bos_token"):

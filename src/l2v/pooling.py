@@ -29,21 +29,49 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
+def _without_first_position(pooling_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``pooling_mask`` without each row's first real position (whatever the padding side), where that row has
+    another pooled token left. A decoder's first position is often an attention sink whose state has a huge
+    norm and carries little of the text (SmolLM2, without a BOS token, sinks on the text's first token)."""
+    length = attention_mask.shape[1]
+    positions = torch.arange(length, device=attention_mask.device).expand_as(attention_mask)
+    first = torch.where(attention_mask.bool(), positions, length).min(dim=1).values
+    is_first = positions == first.unsqueeze(1)
+    trimmed = pooling_mask.masked_fill(is_first, 0)
+    keep = trimmed.sum(dim=1, keepdim=True) > 0
+    return torch.where(keep, trimmed, pooling_mask)
+
+
 class MeanPooling(nn.Module):
+    """The mean of the pooled tokens' states; ``skip_first_token`` leaves the sequence's first position out
+    (an attention sink: see ``_without_first_position``). Off by default; saved with the encoder."""
+
     name = "mean"
 
+    def __init__(self, skip_first_token: bool = False):
+        super().__init__()
+        if not isinstance(skip_first_token, bool):
+            raise L2VError(f"pooling option skip_first_token must be true or false, got {skip_first_token!r}")
+        self.skip_first_token = skip_first_token
+
+    def config(self) -> dict:
+        return {"skip_first_token": True} if self.skip_first_token else {}
+
+    def _mask(self, pooling_mask, attention_mask):
+        return _without_first_position(pooling_mask, attention_mask) if self.skip_first_token else pooling_mask
+
     def forward(self, hidden_states, pooling_mask, attention_mask):
-        return _masked_mean(hidden_states, pooling_mask)
+        return _masked_mean(hidden_states, self._mask(pooling_mask, attention_mask))
 
 
-class WeightedMeanPooling(nn.Module):
+class WeightedMeanPooling(MeanPooling):
     """Position-weighted mean (SGPT): the i-th pooled token has weight i, so later tokens - which have seen
-    more of the text in a causal model - count more."""
+    more of the text in a causal model - count more. ``skip_first_token`` as for ``mean``."""
 
     name = "weighted_mean"
 
     def forward(self, hidden_states, pooling_mask, attention_mask):
-        mask = pooling_mask.to(hidden_states.dtype)
+        mask = self._mask(pooling_mask, attention_mask).to(hidden_states.dtype)
         weights = mask.cumsum(dim=1) * mask
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
         return (hidden_states * weights.unsqueeze(-1)).sum(dim=1)
@@ -166,6 +194,11 @@ def build_pooling(name: str, hidden_size: int, options: dict | None = None) -> n
     options = dict(options or {})
     if key == "latent_attention":
         module = LatentAttentionPooling(hidden_size, **options)
+    elif key in ("mean", "weighted_mean"):
+        unknown = sorted(set(options) - {"skip_first_token"})
+        if unknown:
+            raise L2VError(f"pooling {key!r}: unknown option(s) {unknown}; it takes skip_first_token")
+        module = POOLING_MODES[key](**options)
     else:
         if options:
             raise L2VError(f"pooling {key!r} takes no options, got {sorted(options)}")

@@ -51,7 +51,7 @@ class EvalModel:
         if resolved.kind == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
-            options = sorted(k for k, v in encoder_kwargs.items() if v is not None and k in ("bidirectional", "pooling", "max_length", "adapters"))
+            options = sorted(k for k, v in encoder_kwargs.items() if v is not None and k in ("bidirectional", "pooling", "pooling_options", "max_length", "adapters"))
             if options:
                 raise L2VError(f"model {model!r} is a sentence-transformers model: l2v options ({', '.join(options)}) do not apply to it")
 

@@ -14,7 +14,8 @@ from .tasks import Task
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
-    """``NAME[@option,option=value]``: options causal, bidirectional, pooling=P, max_length=N, adapters=A (repeatable)."""
+    """``NAME[@option,option=value]``: options causal, bidirectional, pooling=P,
+    skip_first_token (mean pooling without the first position), max_length=N, adapters=A (repeatable)."""
     name, _, options = spec.partition("@")
     kwargs: dict = {}
     for option in filter(None, options.split(",")):
@@ -25,12 +26,15 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
             kwargs["bidirectional"] = True
         elif key == "pooling" and value:
             kwargs["pooling"] = value
+        elif key == "skip_first_token" and not value:
+            kwargs["pooling_options"] = {"skip_first_token": True}
         elif key == "max_length" and value.isdigit():
             kwargs["max_length"] = int(value)
         elif key == "adapters" and value:
             kwargs.setdefault("adapters", []).append(value)
         else:
-            raise L2VError(f"model {spec!r}: unknown option {option!r} (use causal, bidirectional, pooling=P, max_length=N, "
+            raise L2VError(f"model {spec!r}: unknown option {option!r} (use causal, bidirectional, pooling=P, skip_first_token, "
+                           "max_length=N, "
                            "adapters=FOLDER_OR_HUB_ID)")
     return name, kwargs
 

@@ -20,17 +20,27 @@ class Triple:
     dataset: str = "default"
 
 
+def train_files(config: DataConfig) -> list[str]:
+    """``data.train`` as a list of files (one path or several)."""
+    return [config.train] if isinstance(config.train, str) else list(config.train or [])
+
+
 def load_texts(config: DataConfig) -> list[str]:
+    """The non-empty texts of every ``data.train`` file in order (or of the hub dataset), without those shorter than
+    ``min_words`` words, cut to ``max_examples``."""
     if config.train:
-        texts = [t for t in read_texts(config.train, field=config.text_field) if t.strip()]
-        source = config.train
+        texts = [t for path in train_files(config) for t in read_texts(path, field=config.text_field) if t.strip()]
+        source = ", ".join(train_files(config))
     else:
         texts = [t for t in _hub_column(config, config.text_field) if isinstance(t, str) and t.strip()]
         source = config.hub
+    if config.min_words:
+        texts = [t for t in texts if len(t.split()) >= config.min_words]
     if config.max_examples:
         texts = texts[: config.max_examples]
     if not texts:
-        raise InputFileError(f"{source}: no non-empty texts to train on")
+        raise InputFileError(f"{source}: no non-empty texts to train on"
+                             + (f" with at least {config.min_words} words" if config.min_words else ""))
     return texts
 
 
@@ -60,16 +70,15 @@ def load_triples(config: DataConfig) -> list[Triple]:
         rows = datasets.load_dataset(config.hub, split=config.hub_split)
         triples = [_triple(row, f"dataset {config.hub}: row {number}") for number, row in enumerate(rows, start=1)]
     else:
-        path = Path(config.train)
-        triples = [_triple(record, f"{path}: line {number}")
+        triples = [_triple(record, f"{path}: line {number}") for path in map(Path, train_files(config))
                    for number, record in iter_json_records(path, skip_blank=True)]
     if config.max_examples:
         triples = triples[: config.max_examples]
     if not triples:
-        raise InputFileError(f"{config.train or config.hub}: no training triples")
+        raise InputFileError(f"{', '.join(train_files(config)) or config.hub}: no training triples")
     with_negative = {t.negative is not None for t in triples}
     if len(with_negative) > 1:
-        raise L2VError(f"{config.train or config.hub}: either every triple has a 'negative' or none does")
+        raise L2VError(f"{', '.join(train_files(config)) or config.hub}: either every triple has a 'negative' or none does")
     return triples
 
 

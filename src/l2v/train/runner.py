@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import gradients_unsynced
 from ..errors import L2VError
 from ..fileio import atomic_dir, atomic_path, write_json_atomic
 from .config import TrainConfig
@@ -85,6 +86,7 @@ def load_objective(config: TrainConfig, device: torch.device | str | None = None
     encoder = Encoder.from_pretrained(
         config.model, adapters=config.adapters or None, merge_adapters=True, pooling=config.pooling,
         max_length=config.max_length, dtype=config.dtype, device=device, with_lm_head=objective.needs_lm_head,
+        pooling_options=config.pooling_options,
     )
     objective.prepare(encoder)
     encoder.model = apply_lora(encoder.model, config)
@@ -120,7 +122,8 @@ def config_signature(config: TrainConfig) -> str:
     from ..fileio import sha256_file
 
     values = dataclasses.asdict(config)
-    for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing", "trackers"):  # none changes a step
+    for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing", "trackers",
+                "dev", "fsdp"):  # none changes a step (FSDP and DDP checkpoints are the same files)
         values.pop(key)
     # the adapters trained on top of are named by their contents, not only their path: a retrained MNTP adapter
     # under the same folder must not be paired with a SimCSE checkpoint trained on the old one
@@ -132,27 +135,51 @@ def config_signature(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor whole on the CPU; an FSDP shard (DTensor) is gathered from every process (a collective: every
+    process calls it, in the same order)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().cpu().contiguous()
+
+
+def _like(value: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """``value`` (whole) laid out as ``parameter``: this process's shard of it when the parameter is sharded."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(parameter, DTensor) and tuple(value.shape) == tuple(parameter.shape):
+        return distribute_tensor(value.to(parameter.device), parameter.device_mesh, parameter.placements)
+    return value.to(parameter.device)
+
+
 def _save_checkpoint(output: Path, step: int, config: TrainConfig, world: int, trainable: dict, optimizer, scheduler,
-                     keep: int = 2) -> Path:
+                     keep: int = 2, seconds: float = 0.0, rank: int = 0) -> Path:
+    """Write a checkpoint folder (atomically) holding whole tensors, however they are sharded: with FSDP every
+    process calls this (the shards are gathered), and process 0 writes."""
     from safetensors.torch import save_file
 
     target = output / CHECKPOINTS / f"step-{step:08d}"
-    weights = {name: p.detach().cpu().contiguous() for name, p in trainable.items()}
+    weights = {name: _whole(p) for name, p in trainable.items()}
     names = {id(p): name for name, p in trainable.items()}
     optimizer_tensors, optimizer_scalars = {}, {}
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             for key, value in optimizer.state.get(parameter, {}).items():
                 if torch.is_tensor(value):
-                    optimizer_tensors[f"{names[id(parameter)]}::{key}"] = value.detach().cpu().contiguous()
+                    optimizer_tensors[f"{names[id(parameter)]}::{key}"] = _whole(value)
                 else:
                     optimizer_scalars[f"{names[id(parameter)]}::{key}"] = value
+    if rank != 0:
+        return target
     with atomic_dir(target, overwrite=True) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"))
         if optimizer_tensors:
             save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
         state = {
             "step": step,
+            "seconds": round(seconds, 3),  # training time up to this step, over every part of the run
             "config_signature": config_signature(config),
             "world": world,
             "scheduler": scheduler.state_dict(),
@@ -166,7 +193,8 @@ def _save_checkpoint(output: Path, step: int, config: TrainConfig, world: int, t
     return target
 
 
-def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: dict, optimizer, scheduler) -> int:
+def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: dict, optimizer, scheduler) -> tuple[int, float]:
+    """Restore a checkpoint; returns (its step, the training seconds it took to reach it)."""
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text())
@@ -181,14 +209,14 @@ def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: d
         raise L2VError(f"{folder}: checkpoint does not match the model (different trainable parameters)")
     with torch.no_grad():
         for name, parameter in trainable.items():
-            parameter.copy_(weights[name].to(parameter.device))
+            parameter.copy_(_like(weights[name], parameter))
     tensors = load_file(str(folder / "optimizer.safetensors")) if (folder / "optimizer.safetensors").exists() else {}
     for name, parameter in trainable.items():
         entry = {}
         for key, value in tensors.items():
             owner, _, field_name = key.rpartition("::")
             if owner == name:
-                entry[field_name] = value.to(parameter.device) if field_name != "step" else value
+                entry[field_name] = _like(value, parameter) if field_name != "step" else value
         for key, value in state["optimizer_scalars"].items():
             owner, _, field_name = key.rpartition("::")
             if owner == name:
@@ -198,10 +226,11 @@ def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: d
     for group, saved in zip(optimizer.param_groups, state["param_groups"]):
         group.update(saved)
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
+    """Cut ``path`` (JSON lines with a "step") back to ``step``."""
     if not path.exists():
         return
     kept = []
@@ -214,6 +243,28 @@ def _truncate_metrics(path: Path, step: int) -> None:
             kept.append(line)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept))
+
+
+def dev_scores(encoder, paths: list[str], max_length: int) -> dict[str, float]:
+    """Spearman x100 of cosine on each STS file (named by its stem), the encoder in eval mode at ``max_length``."""
+    from scipy.stats import spearmanr
+
+    from ..evaluate.data import read_sts
+
+    was_training, saved_length = encoder.training, encoder.config.max_length
+    encoder.eval()
+    encoder.config.max_length = max_length
+    scores = {}
+    try:
+        for path in paths:
+            data = read_sts(path)
+            left = encoder.encode(data.sentences1, normalize=True)
+            right = encoder.encode(data.sentences2, normalize=True)
+            scores[Path(path).name.split(".")[0]] = round(100 * float(spearmanr((left * right).sum(axis=1), data.scores).statistic), 3)
+    finally:
+        encoder.config.max_length = saved_length
+        encoder.train(was_training)
+    return scores
 
 
 def loss_curve(metrics_path: Path, png_path: Path) -> None:
@@ -237,23 +288,63 @@ def loss_curve(metrics_path: Path, png_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- the loop
+def _fsdp_settings(config: TrainConfig):
+    """accelerate's FSDP settings (``accelerate launch --use_fsdp --fsdp_...`` writes them as FSDP_* variables) when
+    the run is sharded (``fsdp: true`` or that launch), else None."""
+    if not (config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")):
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    version = os.environ.get("FSDP_VERSION", "2")
+    if version != "2":
+        raise L2VError(f"l2v trains with FSDP2 (fully_shard), not FSDP version {version}: launch with --fsdp_version 2 "
+                       "(or set fsdp: true in the config and launch with torchrun)")
+    return FullyShardedDataParallelPlugin(fsdp_version=2)
+
+
 def _accelerator(config: TrainConfig, output: Path, trackers: list | None):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        raise L2VError("FSDP is not supported by l2v's trainer yet (its checkpoints hold the trainable weights whole); "
-                       "launch without --use_fsdp (DDP), or train a base that fits one device")
     log_with = list(config.trackers) + list(trackers or [])
-    return Accelerator(
-        cpu=not torch.cuda.is_available(),
-        # autocast is applied around each loss by the loop (below), not by the accelerator: its state is one per
-        # process, and the stages of one `l2v convert` may ask for different precisions
-        log_with=log_with or None,
-        project_dir=str(output),
-        # buffers (rotary tables) are the same on every rank: no broadcast before each forward
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-    )
+    # The processes, devices, reductions and trackers are accelerate's; the sharding is l2v's (_shard), which
+    # accelerate's own FSDP path would refuse on CPU processes and which must keep the LM head whole.
+    saved = os.environ.pop("ACCELERATE_USE_FSDP", None)
+    try:
+        return Accelerator(
+            cpu=not torch.cuda.is_available(),
+            # autocast is applied around each loss by the loop (below), not by the accelerator: its state is one per
+            # process, and the stages of one `l2v convert` may ask for different precisions
+            log_with=log_with or None,
+            project_dir=str(output),
+            # buffers (rotary tables) are the same on every rank: no broadcast before each forward
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+    finally:
+        if saved is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = saved
+
+
+def _shard(encoder, settings, device: torch.device, world: int) -> None:
+    """FSDP2 (``fully_shard``) over the processes, in place: each decoder layer (the backbone's ``_no_split_modules``,
+    or accelerate's ``--fsdp_transformer_layer_cls_to_wrap``) is one shard group, the rest of the encoder the root
+    group, each moved to ``device`` as it is sharded. A frozen LM head (MNTP) stays whole on every process: the
+    objective calls it outside the encoder's forward. Parameters become DTensor shards: build the optimizer after."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    backbone = encoder.model.get_base_model() if hasattr(encoder.model, "get_base_model") else encoder.model
+    layers = set(settings.transformer_cls_names_to_wrap or getattr(backbone, "_no_split_modules", None) or [])
+    options = {"mesh": mesh, "reshard_after_forward": settings.reshard_after_forward,
+               "offload_policy": settings.cpu_offload if isinstance(settings.cpu_offload, OffloadPolicy) else OffloadPolicy()}
+    if encoder.lm_head is not None:
+        encoder.lm_head.to(device)
+        options["ignored_params"] = set(encoder.lm_head.parameters())
+    for module in list(encoder.modules()):
+        if type(module).__name__ in layers:
+            fully_shard(module, **options)
+    fully_shard(encoder, **options)
 
 
 def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_end: Callable[[int], None] | None = None,
@@ -265,12 +356,20 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     output = Path(config.output)
     accelerator = _accelerator(config, output, trackers)
     rank, world = accelerator.process_index, accelerator.num_processes
+    settings = _fsdp_settings(config)
+    sharded = settings is not None
     torch.manual_seed(config.seed)
-    objective = load_objective(config, device=accelerator.device)
+    # with FSDP the base is read into CPU memory and each process's shards are moved to its device by the sharding
+    objective = load_objective(config, device="cpu" if sharded else accelerator.device)
     encoder = objective.encoder
     accumulation = config.gradient_accumulation_steps
     plan = BatchPlan(objective.groups(), config.batch_size * world, config.seed)
     output.mkdir(parents=True, exist_ok=True)
+    if sharded:  # FSDP2: parameters become shards (DTensors) on this process's device
+        if encoder.config.base_model == ".":
+            raise L2VError(f"fsdp: {config.model} holds full weights without a base to refer to, and a sharded run writes "
+                           "its adapters beside a base reference; train from the base model (adapters: [...]) instead")
+        _shard(encoder, settings, accelerator.device, world)
     trainable = trainable_parameters(encoder)
     parameters = list(trainable.values())
     optimizer = make_optimizer(parameters, config)
@@ -282,20 +381,42 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
         return max(0.0, 1.0 - (step - config.warmup_steps) / remaining)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    # DDP (several processes) around the encoder's forward; objectives call it
-    model = accelerator.prepare_model(encoder, device_placement=False)
+    # DDP (several processes) around the encoder's forward; objectives call it. A sharded encoder syncs itself.
+    model = encoder if sharded else accelerator.prepare_model(encoder, device_placement=False)
     # bf16 autocast of the forward (and of a GradCache objective's replays); weights and optimizer stay as loaded
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16")
-    metrics_path = output / "metrics.jsonl"
-    start = 0
+    metrics_path, dev_path = output / "metrics.jsonl", output / "dev.jsonl"
+    start, trained_before = 0, 0.0
     checkpoint = _latest_checkpoint(output)
     if checkpoint is not None:
-        start = _load_checkpoint(checkpoint, config, world, trainable, optimizer, scheduler)
+        start, trained_before = _load_checkpoint(checkpoint, config, world, trainable, optimizer, scheduler)
         if rank == 0:
             _truncate_metrics(metrics_path, start)
+            _truncate_metrics(dev_path, start)
             log(f"resuming from {checkpoint} (step {start})")
-    elif rank == 0 and metrics_path.exists():
-        metrics_path.unlink()
+    elif rank == 0:
+        metrics_path.unlink(missing_ok=True)
+        dev_path.unlink(missing_ok=True)
+
+    def evaluate_dev(done: int) -> None:
+        """Dev scores after ``done`` steps (rank 0, the others wait; with FSDP every process runs the sharded
+        forward, rank 0 writes), timed apart from training."""
+        nonlocal evaluation_seconds
+        if not config.dev.sts:
+            return
+        if rank == 0 or sharded:
+            began = time.perf_counter()
+            trained = trained_before + began - begin - evaluation_seconds
+            scores = dev_scores(encoder, config.dev.sts, config.encoder_max_length)
+            evaluation_seconds += time.perf_counter() - began
+            record = {"step": done, "seconds": round(trained, 3), **scores}
+        if rank == 0:
+            with open(dev_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            log(f"dev after step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        if world > 1:
+            accelerator.wait_for_everyone()
+
     if rank == 0:
         import dataclasses
 
@@ -305,7 +426,9 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
         accelerator.init_trackers(output.name, config=_flat(config))
     encoder.train()
     progress = tqdm(total=config.steps, initial=start, desc=f"{config.stage}", disable=not show_progress or rank != 0)
-    begin = time.perf_counter()
+    begin, evaluation_seconds = time.perf_counter(), 0.0
+    if start == 0:
+        evaluate_dev(0)
     for step in range(start, config.steps):
         optimizer.zero_grad(set_to_none=True)
         micro_losses = []
@@ -318,10 +441,10 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
             indices = plan.batch(index)[rank * config.batch_size:(rank + 1) * config.batch_size]
             batch = [objective.examples[i] for i in indices]
             last = micro == accumulation - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model), autocast:
+            with contextlib.nullcontext() if last else gradients_unsynced(model), autocast:
                 loss = objective.loss(model, batch, seed)
             if loss.requires_grad and not objective.owns_backward:
-                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with contextlib.nullcontext() if last else gradients_unsynced(model):
                     loss.backward()
             micro_losses.append(loss.detach().float())
         if accumulation > 1:  # the mean over micro-batches, as one batch of them all would give
@@ -332,21 +455,25 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
         reported = float(accelerator.reduce(local.to(accelerator.device), reduction="mean")) if world > 1 else float(local)
         if not math.isfinite(reported):
             raise L2VError(f"loss is {reported} at step {step + 1}; lower the learning rate or check the data")
-        if config.max_grad_norm:
+        if config.max_grad_norm:  # (over FSDP shards: the norm of the whole gradient)
             torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         done = step + 1
         progress.update(1)
         progress.set_postfix(loss=f"{reported:.4f}")
-        record = {"step": done, "loss": reported, "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - begin, 3)}
+        # training seconds so far, over every resumed part of the run, without dev evaluations
+        seconds = trained_before + time.perf_counter() - begin - evaluation_seconds
+        record = {"step": done, "loss": reported, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             with open(metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         if tracking:
             accelerator.log({"loss": reported, "lr": record["lr"]}, step=done)
-        if rank == 0 and (done % config.save_every == 0 or done == config.steps):
-            _save_checkpoint(output, done, config, world, trainable, optimizer, scheduler)
+        if done == config.steps or (config.dev.every and done % config.dev.every == 0):
+            evaluate_dev(done)  # before the checkpoint: a run killed after it has its dev line
+        if (rank == 0 or sharded) and (done % config.save_every == 0 or done == config.steps):
+            _save_checkpoint(output, done, config, world, trainable, optimizer, scheduler, seconds=seconds, rank=rank)
         if world > 1:
             accelerator.wait_for_everyone()
         if on_step_end is not None:
@@ -355,10 +482,12 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     if tracking:
         accelerator.end_training()
     final = output / "encoder"
+    # with FSDP the trained weights are gathered whole from the shards (every process takes part) and written
+    gathered = {name: _whole(p) for name, p in trainable.items()} if sharded else None
     if rank == 0:
         # the saved encoder truncates at the inference length, not at the (often short) training length
         encoder.config.max_length = config.encoder_max_length
-        encoder.save(final, overwrite=True)
+        encoder.save(final, overwrite=True, trained_state=gathered)
         if metrics_path.exists():
             loss_curve(metrics_path, output / "loss.png")
         log(f"wrote {final} (load it with Encoder.from_pretrained({str(final)!r}))")

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..batching import embed_in_groups, restore_order, sorted_chunks
+from ..distributed import gradients_unsynced
 from .objectives import Objective
 from .simcse import info_nce
 
@@ -34,9 +35,9 @@ def grad_cache_step(encode: Callable[[dict], torch.Tensor], groups: Sequence[Seq
     """One GradCache step. ``groups`` is one list of feature chunks per input role (e.g. queries, positives,
     negatives); ``loss_fn`` takes one embedding tensor per role. Accumulates parameter gradients (call
     ``optimizer.step()`` after it) and returns the detached loss. When ``encode`` is a module wrapped for
-    distributed training (it has ``no_sync``), gradients are synchronised once, on the last chunk's backward."""
+    distributed training (DDP or FSDP2), gradients are synchronised once, on the last chunk's backward."""
     devices = _devices(module) if module is not None else []
-    no_sync = getattr(encode, "no_sync", None)
+    wrapped = isinstance(encode, torch.nn.Module) and (hasattr(encode, "no_sync") or hasattr(encode, "set_requires_gradient_sync"))
     last = (len(groups) - 1, len(groups[-1]) - 1) if groups and groups[-1] else None
     states: list[list[tuple]] = []
     cached: list[list[torch.Tensor]] = []
@@ -56,8 +57,8 @@ def grad_cache_step(encode: Callable[[dict], torch.Tensor], groups: Sequence[Seq
         start = 0
         for index, (chunk, embedding, (cpu_state, cuda_states)) in enumerate(zip(chunks, cached[role], states[role])):
             rows = embedding.shape[0]
-            synchronise = no_sync is None or (role, index) == last
-            with contextlib.nullcontext() if synchronise else no_sync():
+            synchronise = not wrapped or (role, index) == last
+            with contextlib.nullcontext() if synchronise else gradients_unsynced(encode):
                 with torch.random.fork_rng(devices=devices):
                     torch.set_rng_state(cpu_state)
                     for device, state in zip(devices, cuda_states):
