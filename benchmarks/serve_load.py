@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -109,47 +110,47 @@ async def burst(url: str, texts: list[str], timeout: float) -> dict:
             "retry_after_s": {"min": min(retry_after), "median": statistics.median(retry_after), "max": max(retry_after)} if retry_after else None}
 
 
-def start_server(args, port: int, extra: list[str], source: Path | None = None) -> subprocess.Popen:
+@contextlib.contextmanager
+def running_server(args, extra: list[str], source: Path | None = None):
+    """`l2v serve` in a subprocess (from ``source``'s tree when given), healthy and warmed up; yields (url, process)
+    and stops it afterwards."""
+    port = free_port()
     command = [sys.executable, "-m", "l2v.cli", "serve", "--model", args.model, "--served-name", "bench", "--port", str(port), *extra]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if source is not None:  # another l2v's source tree first on the path
         env["PYTHONPATH"] = f"{source / 'src'}:{env.get('PYTHONPATH', '')}"
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_healthy(server: subprocess.Popen, url: str) -> None:
-    start = time.time()
-    while True:
-        if server.poll() is not None:
-            sys.exit(f"the server exited: {server.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.time() - start > 300:
-            sys.exit("the server did not come up within 300 s")
-        time.sleep(0.5)
-
-
-def run_overload(args, texts: list[str], source: Path | None) -> dict:
-    port = free_port()
-    server = start_server(args, port, [], source)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(server, url)
-        httpx.post(f"{url}/v1/embeddings", json={"input": texts[:8], "model": "bench"}, timeout=120)  # warm-up
-        result = asyncio.run(burst(url, texts, args.timeout))
-        result["server_peak_rss_mb"] = round(peak_rss_mb(server.pid), 1)
-        health = httpx.get(f"{url}/health", timeout=10).json()
-        result["server_health"] = {k: v for k, v in health.items() if k not in ("model", "uptime_seconds")}
-        return result
+        start = time.time()
+        while True:
+            if server.poll() is not None:
+                sys.exit(f"the server exited: {server.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() - start > 300:
+                sys.exit("the server did not come up within 300 s")
+            time.sleep(0.5)
+        yield url, server
     finally:
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def run_overload(args, texts: list[str], source: Path | None) -> dict:
+    with running_server(args, [], source) as (url, server):
+        httpx.post(f"{url}/v1/embeddings", json={"input": texts[:8], "model": "bench"}, timeout=120)  # warm-up
+        result = asyncio.run(burst(url, texts, args.timeout))
+        result["server_peak_rss_mb"] = round(peak_rss_mb(server.pid), 1)
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        result["server_health"] = {k: v for k, v in health.items() if k not in ("model", "uptime_seconds")}
+        return result
 
 
 def overload(args) -> None:
@@ -220,25 +221,8 @@ async def load(url: str, texts: list[str], concurrency: int, timeout: float, dea
 
 
 def run_mode(args, texts: list[str], batching: bool) -> dict:
-    port = free_port()
-    command = [sys.executable, "-m", "l2v.cli", "serve", "--model", args.model, "--served-name", "bench", "--port", str(port),
-               "--batching" if batching else "--no-batching", "--max-queue", str(args.requests * 2)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        start = time.time()
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"the server exited: {server.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() - start > 300:
-                sys.exit("the server did not come up within 300 s")
-            time.sleep(0.5)
+    extra = ["--batching" if batching else "--no-batching", "--max-queue", str(args.requests * 2)]
+    with running_server(args, extra) as (url, server):
         httpx.post(f"{url}/v1/embeddings", json={"input": texts[:8], "model": "bench"}, timeout=120)  # warm-up
         deadline = time.perf_counter() + args.max_seconds
         result = asyncio.run(load(url, texts, args.concurrency, args.timeout, deadline))
@@ -248,12 +232,6 @@ def run_mode(args, texts: list[str], batching: bool) -> dict:
         result.update({"batching": batching, "forward_batches": batches, "largest_batch_texts": largest,
                        "server_peak_rss_mb": round(peak_rss_mb(server.pid), 1)})
         return result
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main() -> None:

@@ -276,87 +276,86 @@ def create_app(encoder: Encoder, settings: ServerSettings):
     async def embeddings(request: Request):
         begin = time.perf_counter()
         held = 0  # bytes this request holds against max_pending_bytes
-        try:
-            client_timeout = _client_timeout(request)
-            timeout = min(settings.request_timeout, client_timeout) if client_timeout else settings.request_timeout
-            deadline = time.monotonic() + timeout
-            chunks, size = [], 0
-            async for chunk in request.stream():  # capped as it arrives (a chunked upload has no Content-Length)
-                size += len(chunk)
-                if size > settings.max_body_bytes:
-                    raise RequestError(413, f"the request body is over the limit of {settings.max_body_bytes} bytes",
-                                       code="body_too_large")
-                chunks.append(chunk)
-            parsed = _parse_request(b"".join(chunks), settings, hidden_size)
-            count = len(parsed["texts"])
-            if count > settings.max_queue_texts:
-                raise RequestError(413, f"'input' has {count} texts, more than the server's queue holds "
-                                        f"({settings.max_queue_texts}); split the request", param="input", code="too_many_inputs")
-            if batcher.queued_texts + count > settings.max_queue_texts:  # refuse early, before tokenising
-                raise refuse("queue_full", f"the server is busy ({batcher.queued_texts} texts queued); retry later")
-            ahead = batcher.margin * batcher.expected_wait()
-            if ahead > deadline - time.monotonic():  # the queue alone outlasts the deadline: refuse before tokenising
-                error = Overloaded(ahead, deadline - time.monotonic())
-                raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after)
-            held = size + _response_bytes(count, parsed["dimensions"] or hidden_size, parsed["encoding_format"])
-            if pending["bytes"] + held > settings.max_pending_bytes:
-                held = 0
-                raise refuse("memory", f"the server is busy (admitted requests hold {pending['bytes']} bytes, limit "
-                                       f"{settings.max_pending_bytes}); retry later")
-            pending["bytes"] += held
-            loop = asyncio.get_running_loop()
-            items = [(parsed["instruction"] or "", text) for text in parsed["texts"]]
+        try:  # whatever happens, the bytes this request held are given back
             try:
-                tokenized = await loop.run_in_executor(tokenizer_pool, encoder.tokenize, items)
-            except L2VError as error:  # e.g. an instruction that leaves no room for the text
-                raise RequestError(413, str(error), code="context_length_exceeded") from None
-            if not settings.truncate:
-                for index, item in enumerate(tokenized):
-                    if item.truncated:
-                        raise RequestError(413, f"input[{index}] is longer than the model's {encoder.config.max_length} tokens "
-                                                "(start the server with --truncate to cut long texts)",
-                                           param=f"input[{index}]", code="context_length_exceeded")
-            token_bytes = TOKEN_BYTES * sum(len(item.input_ids) for item in tokenized)
-            pending["bytes"] += token_bytes
-            held += token_bytes
-            try:
-                future = batcher.submit(tokenized, deadline=deadline)
-            except Overloaded as error:
-                raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after) from None
-            except QueueFull as error:
-                raise refuse("queue_full", f"the server is busy ({error}); retry later") from None
-            except RuntimeError as error:
-                raise RequestError(503, f"the model worker is not running ({error})", code="unavailable") from None
-            gone = asyncio.ensure_future(_client_disconnected(request))
-            try:
-                done, _ = await asyncio.wait({future, gone}, timeout=max(0.0, deadline - time.monotonic()),
-                                             return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-            try:
-                if future not in done:
-                    future.cancel()  # dropped before it reaches the model, if it has not yet
-                    if gone in done:  # nobody is listening: free the queue, answer 499 for the logs
-                        if metrics is not None:
-                            metrics.disconnects.inc()
-                        raise RequestError(499, "the client closed the connection", code="client_closed")
-                    raise RequestError(504, f"the request took longer than {timeout:g} s", code="timeout")
-                vectors = future.result()
-            except RequestError:
-                raise
-            except DeadlineExpired:
-                raise RequestError(504, f"the request took longer than {timeout:g} s (dropped before the model ran it)",
-                                   code="timeout") from None
-            except Overloaded as error:  # admitted, then the model slowed: refused before it ran
-                raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after) from None
-            except QueueFull as error:
-                raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None
-            except Exception as error:  # noqa: BLE001 - a model failure is this request's 500, not a crash
-                raise RequestError(500, f"encoding failed: {type(error).__name__}: {error}", code="encoding_failed") from None
-        except RequestError as error:
-            pending["bytes"] -= held
-            return _error_response(error)
-        try:
+                client_timeout = _client_timeout(request)
+                timeout = min(settings.request_timeout, client_timeout) if client_timeout else settings.request_timeout
+                deadline = time.monotonic() + timeout
+                chunks, size = [], 0
+                async for chunk in request.stream():  # capped as it arrives (a chunked upload has no Content-Length)
+                    size += len(chunk)
+                    if size > settings.max_body_bytes:
+                        raise RequestError(413, f"the request body is over the limit of {settings.max_body_bytes} bytes",
+                                           code="body_too_large")
+                    chunks.append(chunk)
+                parsed = _parse_request(b"".join(chunks), settings, hidden_size)
+                count = len(parsed["texts"])
+                if count > settings.max_queue_texts:
+                    raise RequestError(413, f"'input' has {count} texts, more than the server's queue holds "
+                                            f"({settings.max_queue_texts}); split the request", param="input", code="too_many_inputs")
+                if batcher.queued_texts + count > settings.max_queue_texts:  # refuse early, before tokenising
+                    raise refuse("queue_full", f"the server is busy ({batcher.queued_texts} texts queued); retry later")
+                ahead = batcher.margin * batcher.expected_wait()
+                if ahead > deadline - time.monotonic():  # the queue alone outlasts the deadline: refuse before tokenising
+                    error = Overloaded(ahead, deadline - time.monotonic())
+                    raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after)
+                held = size + _response_bytes(count, parsed["dimensions"] or hidden_size, parsed["encoding_format"])
+                if pending["bytes"] + held > settings.max_pending_bytes:
+                    held = 0
+                    raise refuse("memory", f"the server is busy (admitted requests hold {pending['bytes']} bytes, limit "
+                                           f"{settings.max_pending_bytes}); retry later")
+                pending["bytes"] += held
+                loop = asyncio.get_running_loop()
+                items = [(parsed["instruction"] or "", text) for text in parsed["texts"]]
+                try:
+                    tokenized = await loop.run_in_executor(tokenizer_pool, encoder.tokenize, items)
+                except L2VError as error:  # e.g. an instruction that leaves no room for the text
+                    raise RequestError(413, str(error), code="context_length_exceeded") from None
+                if not settings.truncate:
+                    for index, item in enumerate(tokenized):
+                        if item.truncated:
+                            raise RequestError(413, f"input[{index}] is longer than the model's {encoder.config.max_length} tokens "
+                                                    "(start the server with --truncate to cut long texts)",
+                                               param=f"input[{index}]", code="context_length_exceeded")
+                token_bytes = TOKEN_BYTES * sum(len(item.input_ids) for item in tokenized)
+                pending["bytes"] += token_bytes
+                held += token_bytes
+                try:
+                    future = batcher.submit(tokenized, deadline=deadline)
+                except Overloaded as error:
+                    raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after) from None
+                except QueueFull as error:
+                    raise refuse("queue_full", f"the server is busy ({error}); retry later") from None
+                except RuntimeError as error:
+                    raise RequestError(503, f"the model worker is not running ({error})", code="unavailable") from None
+                gone = asyncio.ensure_future(_client_disconnected(request))
+                try:
+                    done, _ = await asyncio.wait({future, gone}, timeout=max(0.0, deadline - time.monotonic()),
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    gone.cancel()
+                try:
+                    if future not in done:
+                        future.cancel()  # dropped before it reaches the model, if it has not yet
+                        if gone in done:  # nobody is listening: free the queue, answer 499 for the logs
+                            if metrics is not None:
+                                metrics.disconnects.inc()
+                            raise RequestError(499, "the client closed the connection", code="client_closed")
+                        raise RequestError(504, f"the request took longer than {timeout:g} s", code="timeout")
+                    vectors = future.result()
+                except RequestError:
+                    raise
+                except DeadlineExpired:
+                    raise RequestError(504, f"the request took longer than {timeout:g} s (dropped before the model ran it)",
+                                       code="timeout") from None
+                except Overloaded as error:  # admitted, then the model slowed: refused before it ran
+                    raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after) from None
+                except QueueFull as error:
+                    raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None
+                except Exception as error:  # noqa: BLE001 - a model failure is this request's 500, not a crash
+                    raise RequestError(500, f"encoding failed: {type(error).__name__}: {error}", code="encoding_failed") from None
+            except RequestError as error:
+                return _error_response(error)
             return _answer(vectors, parsed, tokenized, begin)
         finally:
             pending["bytes"] -= held
