@@ -43,11 +43,51 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def peak_rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return 0.0
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the server's model process)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += _tree(int(child))
+    return found
+
+
+@contextlib.contextmanager
+def sampled_rss(pid: int, every: float = 0.25):
+    """Samples the summed RSS of the server's processes while the block runs; yields a dict whose "peak_mb" is the
+    largest sum seen (the peak of the sum, which the per-process peaks cannot give)."""
+    import threading
+
+    seen, stop = {"peak_mb": 0.0}, threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                seen["peak_mb"] = max(seen["peak_mb"], sum(_rss_mb(p, "VmRSS:") for p in _tree(pid)))
+            stop.wait(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak RSS (VmHWM) of ``pid`` plus those of its descendants (the server's model process): the sum of each
+    one's peak, an upper bound of the peak of their sum (the server's own peak is while it loads the weights it
+    then releases)."""
+    return sum(_rss_mb(p, "VmHWM:") for p in _tree(pid))
 
 
 async def raw_post(host: str, port: int, body: bytes, timeout: float) -> tuple[int, dict, bytes]:
@@ -146,7 +186,10 @@ def running_server(args, extra: list[str], source: Path | None = None):
 def run_overload(args, texts: list[str], source: Path | None) -> dict:
     with running_server(args, [], source) as (url, server):
         httpx.post(f"{url}/v1/embeddings", json={"input": texts[:8], "model": "bench"}, timeout=120)  # warm-up
-        result = asyncio.run(burst(url, texts, args.timeout))
+        with sampled_rss(server.pid) as rss:
+            result = asyncio.run(burst(url, texts, args.timeout))
+        result["server_processes"] = len(_tree(server.pid))
+        result["server_rss_mb_during_burst"] = round(rss["peak_mb"], 1)  # peak of the processes' summed RSS
         result["server_peak_rss_mb"] = round(peak_rss_mb(server.pid), 1)
         health = httpx.get(f"{url}/health", timeout=10).json()
         result["server_health"] = {k: v for k, v in health.items() if k not in ("model", "uptime_seconds")}

@@ -24,11 +24,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(encoder, settings: ServerSettings, slow_seconds: float = 0.0, fail: bool = False):
+def running_server(encoder, settings: ServerSettings, slow_seconds: float = 0.0, fail: bool = False, worker=None):
     """A real uvicorn server on loopback in a thread; ``slow_seconds`` delays each forward batch."""
     import uvicorn
 
-    app = create_app(encoder, settings)
+    app = create_app(encoder, settings, worker=worker)
     batcher = app.state.batcher
     original = batcher._encode
     batcher.control = {"slow": slow_seconds, "fail": fail}  # a test may change them while the server runs
@@ -395,3 +395,35 @@ def test_queued_requests_are_refused_early_when_the_model_slows_down(tiny_encode
     assert len(served) >= 2 and len(refused) >= 2 and len(served) + len(refused) == 6, results
     assert stats.texts == len(served) and stats.shed == len(refused) and stats.expired == 0
     assert answered < 1.5 + 0.2  # everyone heard by the deadline
+
+
+def test_the_model_in_its_own_process_gives_the_same_embeddings_and_a_dead_one_is_a_clear_503(tiny_llama_folder, tiny_encoder):
+    """``l2v serve``'s default: the forward passes run in a spawned process holding its own copy of the encoder,
+    the server's copy only tokenizes (its weights released). Same vectors as in-process; a killed worker turns into
+    503 'unavailable' with the exit code, on requests and on /health, instead of hanging or a 500."""
+    from l2v import Encoder
+    from l2v.errors import L2VError
+    from l2v.serve.worker import ModelProcess
+
+    tokenizing = Encoder.from_pretrained(str(tiny_llama_folder))
+    worker = ModelProcess({"model": str(tiny_llama_folder)}, threads=1)
+    tokenizing.release_weights()
+    with pytest.raises(L2VError, match="released"):
+        tokenizing.encode(["the weights are gone"])
+    try:
+        with running_server(tokenizing, ServerSettings(model_name="tiny"), worker=worker) as (url, batcher):
+            with httpx.Client(base_url=url, timeout=30) as client:
+                answer = client.post("/v1/embeddings", json={"input": TEXTS}).json()
+                served = np.array([row["embedding"] for row in answer["data"]])
+                expected = tiny_encoder.encode(TEXTS, normalize=True)
+                assert np.allclose(served, expected, atol=1e-5)
+                assert client.get("/health").json()["status"] == "ok"
+                worker.process.kill()
+                worker.process.join(10)
+                response = client.post("/v1/embeddings", json={"input": "after the worker died"})
+                assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+                assert "exit code" in response.json()["error"]["message"]
+                health = client.get("/health")
+                assert health.status_code == 503 and "exit code" in health.json()["reason"]
+    finally:
+        worker.close()

@@ -377,6 +377,7 @@ def serve(
     dtype: str = typer.Option("float32", help="compute dtype: float32, bfloat16, float16 (GPU), auto"),
     device: Optional[str] = typer.Option(None),
     adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
+    model_process: bool = typer.Option(True, "--model-process/--no-model-process", help="run the model in its own process, so a burst of connections cannot slow it down (off: a thread of the server's process, one copy of the weights fewer while loading)"),
 ):
     """Serve embeddings over HTTP, compatible with the OpenAI embeddings API (POST /v1/embeddings)."""
     _quiet_libraries()
@@ -388,12 +389,19 @@ def serve(
 
         if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
-        encoder = Encoder.from_pretrained(model, adapters=list(adapters or []) or None, max_length=max_length, dtype=dtype, device=device)
+        load = dict(model=model, adapters=list(adapters or []) or None, max_length=max_length, dtype=dtype, device=device)
+        encoder = Encoder.from_pretrained(**load)  # errors in the arguments surface here, in this process
+        worker = None
+        if model_process:
+            from .serve.worker import ModelProcess
+
+            worker = ModelProcess(load)
+            encoder.release_weights()  # this process keeps the tokenizer and config; the weights live in the worker
         settings = ServerSettings(model_name=served_name or model, api_key=api_key, max_texts_per_request=max_texts,
                                   max_chars_per_text=max_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens,
                                   batching=batching, request_timeout=request_timeout,
                                   max_pending_bytes=max_pending_mb * 1024 * 1024, truncate=truncate, metrics=metrics)
-        run_server(encoder, settings, host=host, port=port)
+        run_server(encoder, settings, host=host, port=port, worker=worker)
 
     _run(action)
 

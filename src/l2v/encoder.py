@@ -373,6 +373,11 @@ class Encoder(torch.nn.Module):
         pool, _ = pad([item.pooling_mask for item in batch], 0, side)
         return {"input_ids": ids, "attention_mask": attention, "pooling_mask": pool}
 
+    def release_weights(self) -> None:
+        """Free the weights' memory and keep the tokenizer and config: for a process that only tokenizes while
+        another computes (the server's model process). Encoding afterwards fails with a clear error."""
+        self.model.to("meta")
+
     # ------------------------------------------------------------------ forward
     @property
     def device(self) -> torch.device:
@@ -395,6 +400,9 @@ class Encoder(torch.nn.Module):
         ``pooling_mask``. With ``output_attentions`` / ``output_hidden_states`` the result is ``(result, output)``,
         the backbone's output carrying them. The one forward of l2v: encoding, training, probes and ROAR use it."""
         device = self.device
+        if device.type == "meta":
+            raise L2VError(f"the weights of {self.source or 'this encoder'} were released (Encoder.release_weights): "
+                           "this copy only tokenizes; load the encoder again to compute")
         attention_mask = features["attention_mask"].to(device)
         embeds = features.get("inputs_embeds")
         inputs = self.model_inputs(None if embeds is not None else features["input_ids"].to(device), attention_mask,

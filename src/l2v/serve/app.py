@@ -16,7 +16,9 @@ at once (503, reason ``overloaded``, Retry-After = when the queue will have drai
 ahead of it cannot finish by then, by the batcher's running speed estimate. Memory is bounded in bytes: each
 admitted request holds its body, its token lists and its expected response against ``max_pending_bytes`` (503,
 reason ``memory``). A request whose client hangs up or whose deadline passes while it waits is taken out of the
-queue before it reaches the model (499 / 504, counted). The model runs behind :class:`MicroBatcher`.
+queue before it reaches the model (499 / 504, counted). The model runs behind :class:`MicroBatcher`, by default
+(``l2v serve``) in its own process (:class:`~l2v.serve.worker.ModelProcess`): a burst of connections then cannot
+slow the model down, nor the speed estimate that admission trusts.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ..encoder import Encoder
 from ..errors import L2VError
 from .batcher import DeadlineExpired, MicroBatcher, Overloaded, QueueFull
+from .worker import WorkerDied
 
 
 @dataclass
@@ -191,11 +194,13 @@ def _response_bytes(texts: int, dimensions: int, encoding_format: str) -> int:
     return texts * (dimensions * (22 if encoding_format == "float" else 6) + 64) + 256
 
 
-def create_app(encoder: Encoder, settings: ServerSettings):
-    """The FastAPI application serving ``encoder``; the micro-batcher starts and stops with it."""
+def create_app(encoder: Encoder, settings: ServerSettings, worker=None):
+    """The FastAPI application serving ``encoder`` (its tokenizer; the forward passes run in ``worker``, a
+    :class:`~l2v.serve.worker.ModelProcess` that the application closes at shutdown, when given); the micro-batcher
+    starts and stops with it."""
     batcher = MicroBatcher(encoder, max_batch_tokens=settings.max_batch_tokens, max_batch_texts=settings.max_batch_texts,
                            max_queue_texts=settings.max_queue_texts, batching=settings.batching, max_wait_ms=settings.max_wait_ms,
-                           calibrate=settings.calibrate)
+                           calibrate=settings.calibrate, worker=worker)
     refusals: dict[str, int] = {}
     pending = {"bytes": 0}
 
@@ -215,6 +220,8 @@ def create_app(encoder: Encoder, settings: ServerSettings):
         yield
         await batcher.stop()
         tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        if worker is not None:
+            worker.close()
 
     app = FastAPI(title="l2v embeddings", lifespan=lifespan)
     app.state.batcher, app.state.settings = batcher, settings
@@ -243,8 +250,10 @@ def create_app(encoder: Encoder, settings: ServerSettings):
     @app.get("/health")
     async def health():
         if not batcher.running:
-            return JSONResponse({"status": "unavailable", "model": settings.model_name, "reason": "the model worker stopped"},
-                                status_code=503)
+            reason = "the model worker stopped"
+            if worker is not None and not worker.alive:
+                reason = f"the model process exited (exit code {worker.process.exitcode})"
+            return JSONResponse({"status": "unavailable", "model": settings.model_name, "reason": reason}, status_code=503)
         speed = batcher.speed.tokens_per_second
         return {"status": "ok", "model": settings.model_name, "queue_texts": batcher.queued_texts,
                 "queue_tokens": batcher.queued_tokens, "queue_wait_seconds": round(batcher.expected_wait(), 3),
@@ -352,6 +361,8 @@ def create_app(encoder: Encoder, settings: ServerSettings):
                     raise refuse("overloaded", f"the server is busy ({error}); retry later", error.retry_after) from None
                 except QueueFull as error:
                     raise RequestError(503, f"{error}; retry later", code="queue_full", headers={"Retry-After": "1"}) from None
+                except WorkerDied as error:
+                    raise RequestError(503, str(error), code="unavailable") from None
                 except Exception as error:  # noqa: BLE001 - a model failure is this request's 500, not a crash
                     raise RequestError(500, f"encoding failed: {type(error).__name__}: {error}", code="encoding_failed") from None
             except RequestError as error:
@@ -380,7 +391,8 @@ def create_app(encoder: Encoder, settings: ServerSettings):
     return app
 
 
-def serve(encoder: Encoder, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(encoder: Encoder, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          worker=None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(encoder, settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(encoder, settings, worker=worker), host=host, port=port, log_level=log_level)

@@ -1,6 +1,7 @@
 """Dynamic micro-batching: requests that arrive while the model is busy are merged into one forward pass.
 
-The model runs in one worker thread. When it frees up, the batcher takes every queued request that fits the
+The model runs in one worker thread (which may hand each batch to a :class:`~l2v.serve.worker.ModelProcess`, the
+model in its own process, so the server's HTTP work cannot slow it down). When it frees up, the batcher takes every queued request that fits the
 token budget (and the text cap) and encodes them together; a request larger than the budget runs alone. No
 request waits for a batch to fill (``max_wait_ms`` can add a short wait, off by default): under light load a
 request is encoded at once, under heavy load batches grow by themselves. Because an l2v embedding does not
@@ -119,8 +120,9 @@ class BatcherStats:
 class MicroBatcher:
     def __init__(self, encoder: Encoder, *, max_batch_tokens: int = 16384, max_batch_texts: int = 512,
                  max_queue_texts: int = 8192, batching: bool = True, max_wait_ms: float = 0.0, batch_size: int = 64,
-                 calibrate: bool = True, admission_margin: float = 1.25):
+                 calibrate: bool = True, admission_margin: float = 1.25, worker=None):
         self.encoder = encoder
+        self.worker = worker  # a ModelProcess computing the batches, or None: the encoder in this process
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_texts = max_batch_texts
         self.max_queue_texts = max_queue_texts
@@ -164,7 +166,7 @@ class MicroBatcher:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._task is not None and not self._task.done() and (self.worker is None or self.worker.alive)
 
     async def start(self) -> None:
         """Start the worker; with ``calibrate``, first time a one-text batch and a batch of a few dozen short texts
@@ -206,8 +208,9 @@ class MicroBatcher:
         """Queue ``items``, due by ``deadline`` (``time.monotonic()``); the future resolves to a float32 array (one
         un-normalised row per item). :class:`Overloaded` when they could not be done in time, :class:`QueueFull`
         when the queue holds too many texts."""
-        if self._task is None or self._task.done():
-            raise RuntimeError("the micro-batcher is not running")
+        if not self.running:
+            raise RuntimeError("the micro-batcher is not running" if self.worker is None or self.worker.alive
+                               else f"the model process exited (exit code {self.worker.process.exitcode})")
         if self._queued_texts + len(items) > self.max_queue_texts:
             raise QueueFull(f"the queue holds {self._queued_texts} texts (limit {self.max_queue_texts})")
         job = _Job(list(items), asyncio.get_running_loop().create_future(), deadline)
@@ -237,6 +240,8 @@ class MicroBatcher:
         return jobs
 
     def _encode(self, items: list[Tokenized]) -> np.ndarray:
+        if self.worker is not None:
+            return self.worker.embed(items, self.batch_size, self.max_batch_tokens)
         vectors = self.encoder.embed_tokenized(items, batch_size=self.batch_size,
                                                max_tokens_per_batch=self.max_batch_tokens, normalize=False)
         return vectors.numpy()
