@@ -261,6 +261,33 @@ def test_convert_chains_the_recipe_and_reports(tmp_path, tiny_llama_folder, sent
         load_convert_config(path)
 
 
+def test_two_recipes_share_one_mntp_run_through_a_stage_output(tmp_path, tiny_llama_folder):
+    """The unsupervised and the supervised recipe name one MNTP folder: the second convert reuses the finished run
+    (no step trained again) and trains on its adapter; a shared folder with another MNTP config is refused."""
+    from l2v.train.convert import convert, load_convert_config
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    common = {"data": {"train": str(texts)}, "batch_size": 4, "steps": 2, "save_every": 1, "max_length": 16,
+              "lora": {"r": 4, "alpha": 8}}
+    shared = str(tmp_path / "shared-mntp")
+    mntp = {**common, "mntp": {"mask_token": "<unk>"}, "output": shared}
+    first = {"model": str(tiny_llama_folder), "output": str(tmp_path / "a"), "stages": {"mntp": mntp, "simcse": common}}
+    second = {"model": str(tiny_llama_folder), "output": str(tmp_path / "b"), "stages": {"mntp": mntp, "simcse": common}}
+    for name, recipe in (("a.yaml", first), ("b.yaml", second)):
+        (tmp_path / name).write_text(yaml.safe_dump(recipe))
+    convert(tmp_path / "a.yaml", show_progress=False, log=lambda *_: None)
+    trained = (Path(shared) / "metrics.jsonl").read_text()
+    assert load_convert_config(tmp_path / "b.yaml")["stages"]["simcse"].adapters == [str(Path(shared) / "encoder" / "adapter")]
+    convert(tmp_path / "b.yaml", show_progress=False, log=lambda *_: None)
+    assert (Path(shared) / "metrics.jsonl").read_text() == trained  # reused, not trained again
+    assert not (tmp_path / "b" / "mntp").exists() and (tmp_path / "b" / "encoder").is_dir()
+    second["stages"]["mntp"] = {**mntp, "learning_rate": 0.5}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(second))
+    with pytest.raises(L2VError, match="different config"):
+        convert(tmp_path / "b.yaml", show_progress=False, log=lambda *_: None)
+
+
 def test_numbers_written_without_a_dot_are_numbers(tmp_path, tiny_llama_folder):
     path = write_config(tmp_path, tiny_llama_folder, "mntp")
     path.write_text(path.read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3"))

@@ -13,6 +13,11 @@ rerunning the command after an interruption continues where it stopped.
 
 Each stage trains a fresh LoRA on top of the merged adapters of the stages before it: supervised alone trains
 on MNTP (the paper's supervised recipe); with both, MNTP -> SimCSE -> supervised. The last stage is the encoder.
+
+A stage runs in ``OUTPUT/<stage>`` unless it names its own ``output``: two recipes that share a stage (the
+unsupervised and the supervised one share MNTP) point it at one folder, and the second finds it finished and
+reuses it. The trainer refuses a folder written with a different config, so a shared folder cannot silently
+mix two recipes.
 """
 
 from __future__ import annotations
@@ -51,14 +56,15 @@ def load_convert_config(path: str | Path) -> dict:
         if stage not in stages:
             continue
         stage_values = dict(stages[stage] or {})
-        for reserved in ("stage", "model", "output", "adapters"):
+        for reserved in ("stage", "model", "adapters"):
             if reserved in stage_values:
                 raise L2VError(f"{path}: stages.{stage}.{reserved} is set by convert; remove it")
+        stage_output = Path(stage_values.pop("output", None) or output / stage)
         configs[stage] = from_mapping(TrainConfig, {**stage_values, "stage": stage, "model": values["model"],
-                                              "output": str(output / stage), "adapters": list(below)}, f"stages.{stage}", str(path))
+                                              "output": str(stage_output), "adapters": list(below)}, f"stages.{stage}", str(path))
         validate(configs[stage], str(path), prefix=f"stages.{stage}.")
         # MNTP -> SimCSE -> supervised: with both contrastive stages, supervised starts from MNTP + SimCSE
-        below.append(str(output / stage / "encoder" / "adapter"))
+        below.append(str(stage_output / "encoder" / "adapter"))
     evaluate = values.get("evaluate") or None
     if evaluate is not None:
         unknown = set(evaluate) - {"tasks", "data", "files"}
