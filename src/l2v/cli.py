@@ -594,6 +594,119 @@ def roar_synthetic(seed: int = typer.Option(0)):
     _run(action)
 
 
+# ---------------------------------------------------------------------- imagecode (issue 17)
+imagecode_app = typer.Typer(no_args_is_help=True, help="ImageCoDe: retrieve the image a contextual description is about "
+                            "from ten minimally different candidates (zero-shot, ContextBatch, context module, l2v text side).")
+app.add_typer(imagecode_app, name="imagecode")
+
+IMAGECODE_DATA = Path("../shared/data/imagecode")
+
+
+@imagecode_app.command("eval")
+def imagecode_eval(
+    images: Path = typer.Option(..., "--images", help="the unzipped image-sets folder (one sub-folder of 10 images per set)"),
+    model: str = typer.Option("openai/clip-vit-base-patch16", "--model", "-m", help="a CLIP/SigLIP hub id or folder "
+                              "(zero-shot), or a folder `l2v imagecode train` wrote (its output, final/ or best/)"),
+    split: str = typer.Option("valid", help="train, valid or test (test: leaderboard predictions only, labels are withheld)"),
+    data: Path = typer.Option(IMAGECODE_DATA, help="folder with the description files (official .json or Hugging Face .jsonl)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="folder for results.json/.md, predictions.json, "
+                                          "scores.jsonl (default runs/imagecode/eval-SPLIT)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="a seeded sample of N descriptions (a quick look)"),
+    cache: Optional[Path] = typer.Option(None, help="image-embedding cache folder (default $L2V_CACHE/imagecode)"),
+    no_cache: bool = typer.Option(False, "--no-cache"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+):
+    """Score every description of a split against its ten images; accuracy overall / video / static, per source, MRR."""
+    _quiet_libraries()
+
+    def action():
+        from .imagecode.data import canonical_split, check_image_sets, load_split
+        from .imagecode.evaluate import evaluate as run_eval
+        from .imagecode.evaluate import load_pipeline
+        from .imagecode.report import write_report
+        from .registry import cache_dir
+
+        chosen = canonical_split(split)
+        examples = load_split(data, chosen, limit)
+        sets = check_image_sets(images, examples)  # a missing folder fails here, before a model loads
+        pipeline = load_pipeline(model, device=device)
+        folder = output or Path("runs/imagecode") / f"eval-{chosen}"
+        records = run_eval(pipeline, examples, sets, cache=None if no_cache else (cache or cache_dir() / "imagecode"),
+                           image_batch_size=batch_size, log=lambda line: typer.echo(line, err=True))
+        meta = {"split": chosen, "model": model, "pipeline": pipeline.name, "text_limit": pipeline.text_limit,
+                "truncated": pipeline.truncated, "limit": limit, "images": str(images)}
+        summary = write_report(folder, records, meta)
+        typer.echo((folder / "results.md").read_text())
+        if summary["labelled"] is False:
+            typer.echo(f"leaderboard file: {folder / 'predictions.json'}", err=True)
+        typer.echo(f"wrote {folder}/results.json, results.md, predictions.json, scores.jsonl", err=True)
+
+    _run(action)
+
+
+@imagecode_app.command("train")
+def imagecode_train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (keys of ImageCodeTrainConfig); options override it"),
+    mode: Optional[str] = typer.Option(None, help="contextbatch (fine-tune CLIP), context (context module on frozen "
+                                       "embeddings) or lit (l2v text encoder + trained projection)"),
+    images: Optional[Path] = typer.Option(None, "--images", help="the unzipped image-sets folder"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="CLIP/SigLIP hub id or folder (default openai/clip-vit-base-patch16)"),
+    data: Optional[Path] = typer.Option(None, help=f"description folder (default {IMAGECODE_DATA})"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="run folder; rerun the same command to resume"),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="descriptions per step (default 36)"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="lit mode: the l2v encoder (default smollm2-135m)"),
+    settings: Optional[list[str]] = typer.Option(None, "--set", help="any config key: KEY=VALUE (dotted for sections, "
+                                                 "e.g. context.layers=4, lit.max_length=96); repeatable"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train ContextBatch, the context module or the l2v text side. Rerunning the same command resumes."""
+    _quiet_libraries()
+
+    def action():
+        from .imagecode.train import load_config
+        from .imagecode.train import train as run_training
+
+        overrides = {"mode": mode, "images": str(images) if images else None, "model": model,
+                     "data": str(data) if data else None, "output": str(output) if output else None, "epochs": epochs,
+                     "max_steps": max_steps, "batch_size": batch_size, "learning_rate": learning_rate}
+        extra = [f"lit.text_encoder={text_encoder}"] if text_encoder else []
+        loaded = load_config(config, overrides, list(settings or []) + extra)
+        run_training(loaded, log=lambda line: typer.echo(line, err=True), show_progress=progress)
+
+    _run(action)
+
+
+@imagecode_app.command("floors")
+def imagecode_floors(
+    data: Path = typer.Option(IMAGECODE_DATA, help="folder with the description files"),
+    output: Path = typer.Option(Path("runs/imagecode/floors.json"), "--output", "-o", help="JSON (a .md beside it)"),
+    encoder: str = typer.Option("smollm2-135m", "--encoder", help="l2v encoder of the text-only classifier"),
+    no_text: bool = typer.Option(False, "--no-text", help="skip the text-only classifier (random and majority only)"),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1, help="fit the text classifier on a seeded sample of N"),
+    limit_valid: Optional[int] = typer.Option(None, "--limit-valid", min=1),
+    max_length: int = typer.Option(128, "--max-length", min=4),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+):
+    """Accuracy without images: random, majority target index, and a text-only classifier on an l2v embedding."""
+    _quiet_libraries()
+
+    def action():
+        from .imagecode.floors import compute_floors, floors_markdown, write_floors
+
+        result = compute_floors(data, None if no_text else encoder, limit_train=limit_train, limit_valid=limit_valid,
+                                batch_size=batch_size, max_length=max_length, log=lambda line: typer.echo(line, err=True))
+        write_floors(result, output)
+        typer.echo(floors_markdown(result))
+        typer.echo(f"wrote {output} and {output.with_suffix('.md')}", err=True)
+
+    _run(action)
+# ---------------------------------------------------------------------- end of imagecode
+
+
 def main() -> None:
     """Entry point: usage errors too are one line on stderr (exit 2), never a multi-line panel."""
     import logging

@@ -106,7 +106,7 @@ def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Paramete
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _latest_checkpoint(output: Path) -> Path | None:
+def latest_checkpoint(output: Path) -> Path | None:
     folder = output / CHECKPOINTS
     if not folder.is_dir():
         return None
@@ -229,7 +229,7 @@ def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: d
     return int(state["step"]), float(state.get("seconds", 0.0))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Cut ``path`` (JSON lines with a "step") back to ``step``."""
     if not path.exists():
         return
@@ -387,12 +387,12 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16")
     metrics_path, dev_path = output / "metrics.jsonl", output / "dev.jsonl"
     start, trained_before = 0, 0.0
-    checkpoint = _latest_checkpoint(output)
+    checkpoint = latest_checkpoint(output)
     if checkpoint is not None:
         start, trained_before = _load_checkpoint(checkpoint, config, world, trainable, optimizer, scheduler)
         if rank == 0:
-            _truncate_metrics(metrics_path, start)
-            _truncate_metrics(dev_path, start)
+            truncate_metrics(metrics_path, start)
+            truncate_metrics(dev_path, start)
             log(f"resuming from {checkpoint} (step {start})")
     elif rank == 0:
         metrics_path.unlink(missing_ok=True)
