@@ -444,6 +444,50 @@ def test_context_module_trains_and_resumes_after_a_crash(world, tmp_path, tiny_c
         train(changed, show_progress=False, log=lambda line: None)
 
 
+def without_seconds(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
+
+def head_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {name: tensor.numpy() for name, tensor in load_file(str(folder / "head.safetensors")).items()}
+
+
+@pytest.mark.parametrize("mode", ["context", "lit"])
+def test_frozen_feature_heads_resume_after_sigkill_to_the_same_run(world, tmp_path, tiny_clip, tiny_llama_folder, mode):
+    """The context module and the l2v text projection, killed by SIGKILL just after step 7 (the last checkpoint is
+    step 6, after the dev evaluation of epoch 1 and before that of epoch 2), rerun with the same command: every
+    logged loss, every dev line, best/ and final/ equal an uninterrupted run's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = {"epochs": 3, "learning_rate": 3e-3} if mode == "context" else \
+        {"epochs": 3, "learning_rate": 1e-2, "lit": {"text_encoder": str(tiny_llama_folder), "max_length": 32}}
+    command = [sys.executable, "-m", "l2v.cli", "imagecode", "train", "--no-progress", "--config"]
+    straight = train_config(tmp_path / "a", world, tiny_clip, mode, **extra)
+    done = subprocess.run(command + [str(straight)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    killed = train_config(tmp_path / "b", world, tiny_clip, mode, **extra)
+    crashed = subprocess.run([sys.executable, "-c", KILL_AFTER, str(killed), "7"], capture_output=True, text=True, env=env)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert len(losses(b)) == 7 and not (b / "final").exists()
+    assert [d["step"] for d in without_seconds(b / "dev.jsonl")] == [4]
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
+    resumed = subprocess.run(command + [str(killed)], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "step-00000006" in resumed.stderr
+    assert len(losses(a)) == 12 and losses(b) == losses(a)
+    assert without_seconds(b / "metrics.jsonl") == without_seconds(a / "metrics.jsonl")
+    assert without_seconds(b / "dev.jsonl") == without_seconds(a / "dev.jsonl")
+    assert [d["epoch"] for d in without_seconds(b / "dev.jsonl")] == [1, 2, 3]
+    for folder in ("best", "final"):
+        info_a, info_b = (json.loads((run / folder / "imagecode.json").read_text()) for run in (a, b))
+        assert info_a["mode"] == info_b["mode"] == mode and info_a.get("step") == info_b.get("step")
+        assert info_a.get("dev_accuracy") == info_b.get("dev_accuracy")
+        weights_a, weights_b = head_weights(a / folder), head_weights(b / folder)
+        assert set(weights_a) == set(weights_b) and all(np.array_equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
 def test_the_context_module_sees_position_only_in_video_sets():
     from l2v.imagecode.models import ContextModule, ContextOptions
 
