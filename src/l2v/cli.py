@@ -69,7 +69,7 @@ def encode(
     max_length: Optional[int] = typer.Option(None, "--max-length", min=2, help="tokens per text (default 512); longer texts are truncated"),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the embeddings"),
     adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
-    dtype: str = typer.Option("float32", help="compute dtype: float32, bfloat16, float16 (GPU), auto"),
+    dtype: str = typer.Option("float32", help="compute precision: float32, mixed (float32 up to the massive-activation layer, bfloat16 products after: within cosine 0.999 of float32, faster), bfloat16 (fastest, not exact), float16 (GPU), auto (mixed where the device has native bfloat16, else float32)"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--causal", help="attention direction (default: bidirectional)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -93,6 +93,8 @@ def encode(
             model, adapters=list(adapters or []) or None, pooling=pooling, max_length=max_length,
             dtype=dtype, device=device, bidirectional=bidirectional,
         )
+        if dtype != "float32":
+            typer.echo(f"computing in {encoder.precision_description}", err=True)
         embeddings, stats = encoder.encode(
             texts, batch_size=batch_size, normalize=normalize, instruction=instruction, show_progress=progress, return_stats=True
         )
@@ -216,6 +218,7 @@ def evaluate(
     probe_subword: str = typer.Option("mean", help="word-level probes: 'mean' of a word's sub-tokens or its 'first'"),
     probe_read_previous: bool = typer.Option(False, "--probe-read-previous", help="read each word from the previous position (MNTP models)"),
     adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="peft LoRA adapters (folders or Hugging Face ids) for every l2v model evaluated (per model: NAME@adapters=A)"),
+    dtype: str = typer.Option("float32", "--dtype", help="compute precision of every l2v model: float32, mixed, bfloat16, float16 (GPU), auto (as l2v encode --dtype)"),
 ):
     """Evaluate one or more encoders on MTEB-style tasks and word-level probes; write JSON, markdown and a PNG."""
     _quiet_libraries()
@@ -237,7 +240,7 @@ def evaluate(
         cache_folder = None if no_cache else (cache or cache_dir() / "embeddings")
         records = run_evaluation(chosen, selected, output, cache_dir=cache_folder, instructions=instructions,
                                  batch_size=batch_size, log=lambda line: typer.echo(line, err=True),
-                                 **({"adapters": list(adapters)} if adapters else {}))
+                                 **({"adapters": list(adapters)} if adapters else {}), **({"dtype": dtype} if dtype != "float32" else {}))
         from .evaluate.report import markdown_table
 
         typer.echo(markdown_table(records))
@@ -374,7 +377,7 @@ def serve(
     truncate: bool = typer.Option(False, "--truncate/--no-truncate", help="cut texts over --max-length tokens instead of 413"),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=2),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="expose Prometheus /metrics"),
-    dtype: str = typer.Option("float32", help="compute dtype: float32, bfloat16, float16 (GPU), auto"),
+    dtype: str = typer.Option("float32", help="compute precision: float32, mixed (float32 up to the massive-activation layer, bfloat16 products after: within cosine 0.999 of float32, faster), bfloat16 (fastest, not exact), float16 (GPU), auto (mixed where the device has native bfloat16, else float32)"),
     device: Optional[str] = typer.Option(None),
     adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
     model_process: bool = typer.Option(True, "--model-process/--no-model-process", help="run the model in its own process, so a burst of connections cannot slow it down (off: a thread of the server's process, one copy of the weights fewer while loading)"),
@@ -421,7 +424,7 @@ def embed_corpus(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     truncate: bool = typer.Option(True, "--truncate/--no-truncate", help="cut texts over --max-length tokens (counted), or fail naming the record"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda:0 ... (default: this rank's GPU under torchrun, else cpu)"),
-    compute_dtype: str = typer.Option("float32", "--compute-dtype", help="float32, bfloat16, float16 (GPU), auto"),
+    compute_dtype: str = typer.Option("float32", "--compute-dtype", help="float32, mixed, bfloat16, float16 (GPU), auto (as l2v encode --dtype)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Embed a large file into resumable shards. Rerun the same command to resume; run under torchrun to scale out."""

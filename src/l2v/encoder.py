@@ -23,6 +23,7 @@ from .bidirectional import CAUSAL, AttentionState, is_bidirectional, model_famil
 from .errors import L2VError, ModelNotFoundError
 from .fileio import atomic_dir
 from .pooling import build_pooling, canonical_pooling
+from .precision import autocast_for
 from .registry import resolve
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ class Encoder(torch.nn.Module):
         self.merged_adapter_folders: list[Path] = []  # adapters folded into the backbone at load, saved with it
         self.adapter_folders: list[Path] = []  # every adapter folder loaded, in order (merged ones first)
         self.lm_head: torch.nn.Module | None = None  # loaded with with_lm_head=True (MNTP), frozen
+        self.precision = None  # a precision.MixedPrecision when loaded with dtype="mixed" (or "auto" that chose it)
+        self.dtype_choice = str(next(model.parameters()).dtype).removeprefix("torch.")  # what dtype= resolved to
         self.logit_softcap: float | None = None  # Gemma-2/3 cap their final logits
         self._instruction_cache: dict[str, list[int]] = {}
         self._prefix, self._suffix = self._special_tokens()
@@ -240,6 +243,9 @@ class Encoder(torch.nn.Module):
         if config.text_format not in TEXT_FORMATS:
             raise L2VError(f"text_format must be one of {', '.join(TEXT_FORMATS)}, got {config.text_format!r}")
         torch_dtype, device = _choose_dtype_and_device(dtype, device)
+        mixed = torch_dtype == "mixed"
+        if mixed:  # float32 weights, calibrated below; the adapters folded in so their weights are rounded once
+            torch_dtype, merge_adapters = torch.float32, True
         load_kwargs = dict(dtype=torch_dtype, local_files_only=local_only, trust_remote_code=trust_remote_code)
         if attn_implementation:
             load_kwargs["attn_implementation"] = attn_implementation
@@ -297,7 +303,17 @@ class Encoder(torch.nn.Module):
                 parameter.requires_grad_(False)
             encoder.lm_head, encoder.logit_softcap = lm_head, softcap
         encoder.eval()
+        if mixed:
+            from .precision import calibrate
+
+            plan = calibrate(encoder)
+            encoder.dtype_choice = "mixed" if plan is not None else "float32"
         return encoder
+
+    @property
+    def precision_description(self) -> str:
+        """What the encoder computes in, for logs: ``float32``, ``bfloat16`` or the mixed split."""
+        return self.precision.describe() if self.precision is not None else self.dtype_choice
 
     # ------------------------------------------------------------------ tokenising
     def _special_tokens(self) -> tuple[list[int], list[int]]:
@@ -412,7 +428,8 @@ class Encoder(torch.nn.Module):
             extra["output_attentions"] = True
         if output_hidden_states:
             extra["output_hidden_states"] = True
-        output = self.model(**inputs, **extra)
+        with autocast_for(self):
+            output = self.model(**inputs, **extra)
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
         result = hidden
         if pool:
@@ -602,21 +619,23 @@ def hidden_size(model) -> int:
     return int(model.get_input_embeddings().embedding_dim)
 
 
-def _choose_dtype_and_device(dtype, device) -> tuple[torch.dtype, torch.device]:
+def _choose_dtype_and_device(dtype, device) -> tuple[torch.dtype | str, torch.device]:
+    """The load dtype, or ``"mixed"`` (float32 weights, calibrated into the float32/bfloat16 split of precision.py).
+    ``auto``: mixed where the device computes bfloat16 natively (plain bfloat16 moved some SmolLM2 embeddings to
+    cosine 0.72 of float32; mixed keeps them within 0.999), float32 elsewhere."""
+    from .precision import native_bfloat16
+
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(dtype, torch.dtype):
         torch_dtype = dtype
     elif dtype == "auto":
-        if device.type == "cuda":
-            torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            # bf16 is ~4x faster on CPUs with native bf16, but it moved some SmolLM2 embeddings to cosine 0.72
-            # of float32 (benchmarks/encode.py): "auto" stays exact on CPU; ask for bfloat16 explicitly.
-            torch_dtype = torch.float32
+        torch_dtype = "mixed" if native_bfloat16(device) else torch.float32
+    elif dtype == "mixed":
+        torch_dtype = "mixed"
     elif dtype in DTYPES:
         torch_dtype = DTYPES[dtype]
     else:
-        raise L2VError(f"unknown dtype {dtype!r}; choose one of: auto, {', '.join(DTYPES)}")
+        raise L2VError(f"unknown dtype {dtype!r}; choose one of: auto, mixed, {', '.join(DTYPES)}")
     if torch_dtype == torch.float16 and device.type == "cpu":
         warnings.warn("float16 compute is not supported well on CPU; using float32 (bfloat16 works on CPU)")
         torch_dtype = torch.float32

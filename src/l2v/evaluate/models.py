@@ -70,7 +70,8 @@ class EvalModel:
                 "base_weights": weights_signature(base_folder) if base_folder is not None else [],
                 "adapter_weights": [weights_signature(a) for a in backend.adapter_folders],
                 "hub_revision": _hub_revision(folder) if resolved.builtin is None and not folder.exists() else None,
-                "dtype": str(next(backend.model.parameters()).dtype),
+                # mixed precision by its split (its first weights are float32: never served float32's cache)
+                "dtype": backend.precision_description if backend.precision is not None else str(next(backend.model.parameters()).dtype),
                 "adapters": encoder_kwargs.get("adapters"),
             }
             kind = "l2v"
