@@ -25,9 +25,17 @@ def test_shipped_recipe_parses(path):
     plan = load_convert_config(path)
     assert list(plan["stages"])[0] == "mntp"
     assert all(c.model == "smollm2-135m" for c in plan["stages"].values())
+    mntp = plan["stages"]["mntp"]
     for stage, config in plan["stages"].items():
         if stage != "mntp":
-            assert config.adapters == [str(plan["output"] / "mntp" / "encoder" / "adapter")]
+            assert config.adapters == [str(Path(mntp.output) / "encoder" / "adapter")]
+
+
+def test_the_two_recipes_share_one_mntp_run():
+    """Same folder and the same settings: the second recipe reuses the first one's MNTP (the trainer would refuse
+    a shared folder with other settings, so they must be equal)."""
+    unsup, sup = (load_convert_config(p)["stages"]["mntp"] for p in sorted(RECIPES, key=lambda p: "unsup" not in p.name))
+    assert unsup == sup and unsup.output == "runs/smollm2-l2v-mntp"
 
 
 def test_there_are_configs_for_each_stage_and_recipe():
