@@ -13,7 +13,7 @@ server and the one at ``--before`` (a commit, run from a git worktree) in the sa
 of the 200s, throughput of the 200s, Retry-After values and peak RSS. Clients wait longer than the server's
 timeout, so every answer is the server's own. Results go to benchmarks/results/serve_overload.json.
 
-    python benchmarks/serve_load.py --overload 10000 --before aaec434
+    python benchmarks/serve_load.py --overload 10000 --before aaec434 [--also="--http-nice 0" --also=--no-model-process]
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ def running_server(args, extra: list[str], source: Path | None = None):
             server.kill()
 
 
-def run_overload(args, texts: list[str], source: Path | None) -> dict:
-    with running_server(args, [], source) as (url, server):
+def run_overload(args, texts: list[str], source: Path | None, extra: list[str] | None = None) -> dict:
+    with running_server(args, list(extra or []), source) as (url, server):
         httpx.post(f"{url}/v1/embeddings", json={"input": texts[:8], "model": "bench"}, timeout=120)  # warm-up
         with sampled_rss(server.pid) as rss:
             result = asyncio.run(burst(url, texts, args.timeout))
@@ -205,10 +205,14 @@ def overload(args) -> None:
         worktree = Path(tempfile.mkdtemp(prefix="l2v-before-")) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], check=True, capture_output=True)
     try:
-        runs = [("now", None)] + ([(f"before ({args.before})", worktree)] if worktree else [])
-        for name, source in runs:
+        runs = [("now", None, [])]
+        for variant in args.also:  # today's server with other flags, e.g. "--http-nice 0" or "--no-model-process"
+            runs.append((f"now, {variant}", None, variant.split()))
+        if worktree:
+            runs.append((f"before ({args.before})", worktree, []))
+        for name, source, extra in runs:
             print(f"== {name}: {args.overload} clients at once", flush=True)
-            results[name] = run_overload(args, texts, source)
+            results[name] = run_overload(args, texts, source, extra)
             print(json.dumps(results[name]), flush=True)
     finally:
         if worktree is not None:
@@ -286,6 +290,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=900.0, help="deadline for sending, per mode")
     parser.add_argument("--overload", type=int, default=0, help="N clients at once, one request each (overload mode)")
     parser.add_argument("--before", default=None, help="overload mode: also run the server of this commit")
+    parser.add_argument("--also", action="append", default=[], metavar="FLAGS",
+                        help="overload mode: also run today's server with these `l2v serve` flags (repeatable)")
     args = parser.parse_args()
     if args.overload:
         if args.timeout <= 120:

@@ -427,3 +427,39 @@ def test_the_model_in_its_own_process_gives_the_same_embeddings_and_a_dead_one_i
                 assert health.status_code == 503 and "exit code" in health.json()["reason"]
     finally:
         worker.close()
+
+
+def test_l2v_serve_runs_the_model_in_a_child_process_at_a_higher_priority(tiny_llama_folder):
+    """The real command: the HTTP process lowers its own CPU priority (--http-nice, default 10) after starting the
+    model process, which keeps the priority it was started with; embeddings come back from the child."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = _free_port()
+    command = [sys.executable, "-m", "l2v.cli", "serve", "--model", str(tiny_llama_folder), "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the server did not come up"
+            time.sleep(0.3)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": TEXTS[:2]}, timeout=30).json()
+        assert len(answer["data"]) == 2
+        children = [int(c) for task in Path(f"/proc/{server.pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        assert os.getpriority(os.PRIO_PROCESS, server.pid) == min(base + 10, 19)
+        niceness = {os.getpriority(os.PRIO_PROCESS, child) for child in children}
+        assert base in niceness  # the model process (beside multiprocessing's resource tracker)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

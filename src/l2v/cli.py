@@ -381,6 +381,7 @@ def serve(
     device: Optional[str] = typer.Option(None),
     adapters: Optional[list[str]] = typer.Option(None, "--adapters", help="a peft LoRA adapter: folder or Hugging Face id (repeatable; e.g. an llm2vec -mntp-supervised repo on top of its -mntp checkpoint)"),
     model_process: bool = typer.Option(True, "--model-process/--no-model-process", help="run the model in its own process, so a burst of connections cannot slow it down (off: a thread of the server's process, one copy of the weights fewer while loading)"),
+    http_nice: int = typer.Option(10, "--http-nice", min=0, max=19, help="with --model-process: how much the HTTP process lowers its own CPU priority below the model's, so that under a burst the model keeps its speed and admission keeps admitting (0: equal)"),
 ):
     """Serve embeddings over HTTP, compatible with the OpenAI embeddings API (POST /v1/embeddings)."""
     _quiet_libraries()
@@ -400,6 +401,8 @@ def serve(
 
             worker = ModelProcess(load)
             encoder.release_weights()  # this process keeps the tokenizer and config; the weights live in the worker
+            if http_nice:  # the model process, started above, keeps its priority; parsing a burst yields to it
+                os.nice(http_nice)
         settings = ServerSettings(model_name=served_name or model, api_key=api_key, max_texts_per_request=max_texts,
                                   max_chars_per_text=max_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens,
                                   batching=batching, request_timeout=request_timeout,
