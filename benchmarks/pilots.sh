@@ -22,6 +22,9 @@ for run in runs/pilots/*/; do
   cp "$run"/dev.jsonl "$run"/metrics.jsonl "$run"/config.json "benchmarks/results/pilots/records/$name/"
 done
 .venv/bin/python benchmarks/curves.py benchmarks/results/pilots/records/simcse-* --output benchmarks/results/pilots/simcse \
-  --title "SimCSE pilots on the bidirectional SmolLM2-135M (dev sets)"
+  --title "SimCSE pilots on Bi or on an MNTP adapter (dev sets)"
 ls -d benchmarks/results/pilots/records/mntp-* >/dev/null 2>&1 && .venv/bin/python benchmarks/curves.py \
   benchmarks/results/pilots/records/mntp-* --output benchmarks/results/pilots/mntp --title "MNTP pilots (dev sets)"
+ls -d benchmarks/results/pilots/records/supervised-* >/dev/null 2>&1 && .venv/bin/python benchmarks/curves.py \
+  benchmarks/results/pilots/records/supervised-* --output benchmarks/results/pilots/supervised \
+  --title "Supervised pilots on the MNTP adapter (dev sets)"
