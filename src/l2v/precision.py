@@ -225,6 +225,12 @@ def calibrate(encoder, texts: list[str] | None = None, threshold: float = CHECK_
     restore = _set_attention_implementation(encoder.model, FLOAT32_ATTENTION)
     plan = MixedPrecision(float32_layers=start, layers=total, device_type=device.type)
     encoder.precision = plan
+    def undo() -> None:
+        encoder.precision = None
+        _install(encoder.model, 0)
+        for config, name in restore:
+            config._attn_implementation = name
+
     try:
         for split in sorted({min(start + extra, total) for extra in (0, 2, 4, 8, 16)} | {total}):
             if split >= total:
@@ -239,15 +245,9 @@ def calibrate(encoder, texts: list[str] | None = None, threshold: float = CHECK_
                 _store_bfloat16(encoder.model, split)
                 return plan
     except Exception:
-        encoder.precision = None
-        _install(encoder.model, 0)
-        for config, name in restore:
-            config._attn_implementation = name
+        undo()
         raise
-    encoder.precision = None
-    _install(encoder.model, 0)
-    for config, name in restore:
-        config._attn_implementation = name
+    undo()
     warnings.warn(f"mixed precision: no split of {encoder.source}'s {total} layers keeps the embeddings within cosine "
                   f"{threshold} of float32 on the calibration texts; encoding in float32")
     return None

@@ -43,7 +43,7 @@ import torch
 from ..errors import L2VError
 from ..fileio import atomic_dir, write_json_atomic
 from ..train.config import apply_settings, from_mapping, read_yaml
-from ..train.runner import BatchPlan, latest_checkpoint, truncate_metrics, loss_curve
+from ..train.runner import BatchPlan, latest_checkpoint, loss_curve, restore_trainable, truncate_metrics
 from .backends import HFDualEncoder, L2VTextTower
 from .data import Example, check_image_sets, load_split, resolve_image_root
 from .evaluate import HEAD_FILE, Record, ZeroShot, evaluate, image_embeddings, score, stack_sets, texts_of
@@ -340,12 +340,7 @@ def load_checkpoint(folder: Path, trainable: dict, optimizer, config: ImageCodeT
     if state.get("config_signature") != signature(config):
         raise L2VError(f"{folder} was written with a different config (only {', '.join(RESUMABLE_CHANGES)} may change "
                        "when resuming); use a new output folder or restore the config")
-    weights = load_file(str(folder / "trainable.safetensors"))
-    if set(weights) != set(trainable):
-        raise L2VError(f"{folder}: the checkpoint does not match the model (different trainable parameters)")
-    with torch.no_grad():
-        for name, parameter in trainable.items():
-            parameter.copy_(weights[name].to(parameter.device))
+    restore_trainable(folder, trainable)
     tensors = load_file(str(folder / "optimizer.safetensors")) if (folder / "optimizer.safetensors").exists() else {}
     entries: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(state["optimizer_scalars"].items()):

@@ -193,6 +193,19 @@ def _save_checkpoint(output: Path, step: int, config: TrainConfig, world: int, t
     return target
 
 
+def restore_trainable(folder: Path, trainable: dict) -> None:
+    """Copy a checkpoint's ``trainable.safetensors`` into ``trainable`` (name -> parameter, shards included), refusing
+    a checkpoint of other parameters."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "trainable.safetensors"))
+    if set(weights) != set(trainable):
+        raise L2VError(f"{folder}: checkpoint does not match the model (different trainable parameters)")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(_like(weights[name], parameter))
+
+
 def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: dict, optimizer, scheduler) -> tuple[int, float]:
     """Restore a checkpoint; returns (its step, the training seconds it took to reach it)."""
     from safetensors.torch import load_file
@@ -204,12 +217,7 @@ def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: d
     if state.get("world", 1) != world:
         raise L2VError(f"{folder} was written by {state.get('world', 1)} process(es), this run has {world}: the global "
                        "batch and the data order would change; resume with the same --nproc_per_node")
-    weights = load_file(str(folder / "trainable.safetensors"))
-    if set(weights) != set(trainable):
-        raise L2VError(f"{folder}: checkpoint does not match the model (different trainable parameters)")
-    with torch.no_grad():
-        for name, parameter in trainable.items():
-            parameter.copy_(_like(weights[name], parameter))
+    restore_trainable(folder, trainable)
     tensors = load_file(str(folder / "optimizer.safetensors")) if (folder / "optimizer.safetensors").exists() else {}
     for name, parameter in trainable.items():
         entry = {}
