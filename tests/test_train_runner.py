@@ -623,6 +623,23 @@ def test_the_fused_optimizer_makes_the_per_tensor_loops_update():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+
+def test_a_restored_step_count_sits_where_the_optimizer_kernel_reads_it():
+    """A GPU run failed to resume (fused AdamW on CUDA refuses a ``step`` count left on the CPU): the count goes
+    beside its parameter for fused or capturable groups, on the CPU otherwise, as torch's own load_state_dict does.
+    A parameter on the meta device stands in for one on a GPU."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from l2v.train.runner import _step_device
+
+    on_device = torch.nn.Parameter(torch.empty(2, device="meta"))
+    for group, expected in (({"fused": True}, "meta"), ({"capturable": True}, "meta"), ({"fused": None}, "cpu"), ({}, "cpu")):
+        optimizer = SimpleNamespace(param_groups=[{"params": [torch.nn.Parameter(torch.empty(1))]}, {"params": [on_device], **group}])
+        assert _step_device(on_device, optimizer).type == expected, group
+
+
 STS_ROWS = [("a man is playing a guitar", "a man plays the guitar", 4.8), ("the cat sits on the mat", "a dog runs in the park", 0.4),
             ("paris is the capital of france", "the capital of france is paris", 5.0),
             ("she plays the piano", "he is running to catch the bus", 0.2), ("two children ride bikes", "kids are riding bicycles", 4.1),

@@ -5,7 +5,6 @@ nDCG@10 (main), recall@100 and MRR@10 (x100)."""
 from __future__ import annotations
 
 import numpy as np
-import pytrec_eval
 
 from .data import read_beir
 
@@ -25,6 +24,8 @@ def exact_search(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 1
 
 
 def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict:
+    import pytrec_eval  # imported here: training's dev evaluation needs none of it
+
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "recip_rank"})
     # MRR@10: pytrec_eval's recip_rank over the run cut to its top 10
     top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in run.items()}

@@ -206,6 +206,13 @@ def restore_trainable(folder: Path, trainable: dict) -> None:
             parameter.copy_(_like(weights[name], parameter))
 
 
+def _step_device(parameter: torch.nn.Parameter, optimizer: torch.optim.Optimizer) -> torch.device:
+    """Where torch's AdamW keeps a parameter's ``step`` count: beside the parameter when its group is fused or
+    capturable (the fused CUDA kernel refuses a CPU count: resuming a GPU run failed so), on the CPU otherwise."""
+    group = next(g for g in optimizer.param_groups if any(p is parameter for p in g["params"]))
+    return parameter.device if (group.get("fused") or group.get("capturable")) else torch.device("cpu")
+
+
 def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: dict, optimizer, scheduler) -> tuple[int, float]:
     """Restore a checkpoint; returns (its step, the training seconds it took to reach it)."""
     from safetensors.torch import load_file
@@ -224,7 +231,8 @@ def _load_checkpoint(folder: Path, config: TrainConfig, world: int, trainable: d
         for key, value in tensors.items():
             owner, _, field_name = key.rpartition("::")
             if owner == name:
-                entry[field_name] = _like(value, parameter) if field_name != "step" else value
+                entry[field_name] = _like(value, parameter) if field_name != "step" else \
+                    value.to(dtype=torch.float32, device=_step_device(parameter, optimizer))
         for key, value in state["optimizer_scalars"].items():
             owner, _, field_name = key.rpartition("::")
             if owner == name:
