@@ -399,17 +399,23 @@ def test_queued_requests_are_refused_early_when_the_model_slows_down(tiny_encode
 
 def test_the_model_in_its_own_process_gives_the_same_embeddings_and_a_dead_one_is_a_clear_503(tiny_llama_folder, tiny_encoder):
     """``l2v serve``'s default: the forward passes run in a spawned process holding its own copy of the encoder,
-    the server's copy only tokenizes (its weights released). Same vectors as in-process; a killed worker turns into
-    503 'unavailable' with the exit code, on requests and on /health, instead of hanging or a 500."""
+    the server's copy only tokenizes (loaded with weights=False: built on the meta device, no weights read). Same
+    tokens, dimension and vectors as in-process; a killed worker turns into 503 'unavailable' with the exit code, on
+    requests and on /health, instead of hanging or a 500."""
     from l2v import Encoder
     from l2v.errors import L2VError
     from l2v.serve.worker import ModelProcess
 
-    tokenizing = Encoder.from_pretrained(str(tiny_llama_folder))
+    tokenizing = Encoder.from_pretrained(str(tiny_llama_folder), weights=False)
+    assert {p.device.type for p in tokenizing.model.parameters()} == {"meta"}
+    assert tokenizing.dimension == tiny_encoder.dimension and tokenizing.config == tiny_encoder.config
+    assert [t.input_ids for t in tokenizing.tokenize(TEXTS)] == [t.input_ids for t in tiny_encoder.tokenize(TEXTS)]
+    for weightless in (tokenizing, Encoder.from_pretrained(str(tiny_llama_folder))):
+        if weightless is not tokenizing:
+            weightless.release_weights()
+        with pytest.raises(L2VError, match="no weights here"):
+            weightless.encode(["the weights are not here"])
     worker = ModelProcess({"model": str(tiny_llama_folder)}, threads=1)
-    tokenizing.release_weights()
-    with pytest.raises(L2VError, match="released"):
-        tokenizing.encode(["the weights are gone"])
     try:
         with running_server(tokenizing, ServerSettings(model_name="tiny"), worker=worker) as (url, batcher):
             with httpx.Client(base_url=url, timeout=30) as client:

@@ -394,13 +394,14 @@ def serve(
         if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
         load = dict(model=model, adapters=list(adapters or []) or None, max_length=max_length, dtype=dtype, device=device)
-        encoder = Encoder.from_pretrained(**load)  # errors in the arguments surface here, in this process
+        # errors in the arguments surface here, in this process; with a model process this one reads no weights
+        # (tokenizer, config and dimension only: ~150 MB less than loading and releasing them)
+        encoder = Encoder.from_pretrained(**load, weights=not model_process)
         worker = None
         if model_process:
             from .serve.worker import ModelProcess
 
             worker = ModelProcess(load)
-            encoder.release_weights()  # this process keeps the tokenizer and config; the weights live in the worker
             if http_nice:  # the model process, started above, keeps its priority; parsing a burst yields to it
                 os.nice(http_nice)
         settings = ServerSettings(model_name=served_name or model, api_key=api_key, max_texts_per_request=max_texts,

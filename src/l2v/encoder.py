@@ -154,6 +154,7 @@ class Encoder(torch.nn.Module):
         doc_max_length: int | None = None,
         skip_instruction: bool | None = None,
         with_lm_head: bool = False,
+        weights: bool = True,
     ) -> "Encoder":
         """Load a built-in name, a Hugging Face id or folder, a saved l2v encoder folder, or a checkpoint in the
         official llm2vec layout (e.g. ``McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp``: its MNTP LoRA is merged
@@ -162,7 +163,10 @@ class Encoder(torch.nn.Module):
         Arguments left at ``None`` take the saved encoder's value (for an llm2vec checkpoint, its
         ``llm2vec_config.json``), else the defaults (mean pooling, 512 tokens, bidirectional). ``adapters`` are peft
         LoRA folders or hub ids applied on top, the last one unmerged unless ``merge_adapters``. ``with_lm_head``
-        also loads the causal LM's output layer (frozen) as ``encoder.lm_head``, for MNTP.
+        also loads the causal LM's output layer (frozen) as ``encoder.lm_head``, for MNTP. ``weights=False`` reads
+        no weights: the backbone is built from its config on the meta device and adapters are not applied (the
+        tokenizer, the config and the dimension only, for a process that tokenizes while another one computes, as
+        the server's HTTP process does); encoding with it fails with a clear error.
         """
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -257,7 +261,16 @@ class Encoder(torch.nn.Module):
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, local_files_only=local_only or Path(tokenizer_location).is_dir(),
                                                       trust_remote_code=trust_remote_code)
-            if with_lm_head:
+            if not weights:
+                from transformers import AutoConfig
+
+                model_config = AutoConfig.from_pretrained(weights_location, local_files_only=local_only,
+                                                          trust_remote_code=trust_remote_code)
+                with torch.device("meta"):
+                    backbone = AutoModel.from_config(model_config, trust_remote_code=trust_remote_code,
+                                                     **({"attn_implementation": attn_implementation} if attn_implementation else {}))
+                with_lm_head, mixed, adapter_folders = False, False, []
+            elif with_lm_head:
                 language_model = AutoModelForCausalLM.from_pretrained(weights_location, **load_kwargs)
                 backbone = language_model.get_decoder()
                 lm_head = language_model.get_output_embeddings()
@@ -280,20 +293,24 @@ class Encoder(torch.nn.Module):
             backbone = apply_adapters(backbone, adapter_folder, merge=merge)
             if merge:
                 merged_folders.append(adapter_folder)
-        backbone.to(device)
+        if weights:
+            backbone.to(device)
         backbone.eval()
-        attention = set_attention(backbone, config.bidirectional, verify=verify_bidirectional)
+        attention = set_attention(backbone, config.bidirectional, verify=verify_bidirectional and weights)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         pooling_module = build_pooling(config.pooling, hidden_size(backbone), config.pooling_options)
         same_pooling = saved is not None and saved.pooling == config.pooling and saved.pooling_options == config.pooling_options
-        if same_pooling and (folder / POOLING_WEIGHTS).exists():
+        if not weights:
+            pooling_module.to("meta")
+        elif same_pooling and (folder / POOLING_WEIGHTS).exists():
             from safetensors.torch import load_file
 
             pooling_module.load_state_dict(load_file(folder / POOLING_WEIGHTS))
         elif list(pooling_module.parameters()):
             warnings.warn(f"pooling {config.pooling!r} has trainable weights and none were loaded: they are random until trained")
-        pooling_module.to(device=device)
+        if weights:
+            pooling_module.to(device=device)
         encoder = cls(backbone, tokenizer, config, pooling_module, source=source, attention=attention)
         encoder.merged_adapter_folders = merged_folders
         encoder.adapter_folders = list(adapter_folders)
@@ -417,8 +434,8 @@ class Encoder(torch.nn.Module):
         the backbone's output carrying them. The one forward of l2v: encoding, training, probes and ROAR use it."""
         device = self.device
         if device.type == "meta":
-            raise L2VError(f"the weights of {self.source or 'this encoder'} were released (Encoder.release_weights): "
-                           "this copy only tokenizes; load the encoder again to compute")
+            raise L2VError(f"{self.source or 'this encoder'} has no weights here (loaded with weights=False, or released "
+                           "by Encoder.release_weights): this copy only tokenizes; load the encoder with its weights to compute")
         attention_mask = features["attention_mask"].to(device)
         embeds = features.get("inputs_embeds")
         inputs = self.model_inputs(None if embeds is not None else features["input_ids"].to(device), attention_mask,
