@@ -2,8 +2,9 @@
 
 Encodes the 2758 STS-B test sentences (bidirectional, mean pooling, max length 512, batch size 32, float32)
 with each library in its own subprocess, alternating the libraries so drift in machine speed hits both, and
-prints tokens/s (real, unpadded tokens), the ratio and peak RSS. Also times l2v with bfloat16 compute (a user
-option on CPUs with native bf16) and reports how close those embeddings are to float32.
+prints tokens/s (real, unpadded tokens), the ratio and peak RSS. l2v runs in float32 and in its fast mode
+(`dtype="mixed"`, what `--dtype auto` picks on a CPU with native bfloat16), both alternated with the official
+package in every repeat; then once in plain bfloat16. Reports how close each l2v mode's embeddings are to float32.
 
     python benchmarks/encode.py [--repeats 2] [--limit N]
 Results go to benchmarks/results/encode.json.
@@ -40,17 +41,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="l2v-bench-"))
     sentences_file = work / "sentences.txt"
     sentences_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    runs = {"llm2vec": [], "l2v": []}
-    for repeat in range(args.repeats):
-        for library, interpreter, model_folder in (("llm2vec", python, legacy), ("l2v", "python", folder)):
-            import sys
-
-            result = run_worker(interpreter if library == "llm2vec" else sys.executable, library, model_folder,
-                                sentences_file, work / f"{library}.npy", args.batch_size)
-            runs[library].append(result)
-            print(f"[{repeat + 1}/{args.repeats}] {library:8s} {result['tokens_per_s']:8.1f} tokens/s  "
-                  f"{result['seconds']:6.1f} s  peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
     import sys
+
+    runs = {"llm2vec": [], "l2v": [], "l2v-mixed": []}
+    for repeat in range(args.repeats):
+        for name in ("llm2vec", "l2v", "l2v-mixed"):
+            if name == "llm2vec":
+                result = run_worker(python, "llm2vec", legacy, sentences_file, work / "llm2vec.npy", args.batch_size)
+            else:
+                extra = ("--dtype=mixed",) if name == "l2v-mixed" else ()
+                result = run_worker(sys.executable, "l2v", folder, sentences_file, work / f"{name}.npy", args.batch_size, *extra)
+            runs[name].append(result)
+            print(f"[{repeat + 1}/{args.repeats}] {name:9s} {result['tokens_per_s']:8.1f} tokens/s  "
+                  f"{result['seconds']:6.1f} s  peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
 
     # The STS-B list repeats some sentences; l2v encodes repeats once (exact: embeddings are batch-invariant).
     # Also measure both libraries on the distinct sentences only, to show the gain without that.
@@ -67,6 +70,8 @@ def main() -> None:
     print(f"l2v bfloat16 {bf16['tokens_per_s']:8.1f} tokens/s", flush=True)
     official = statistics.median(r["tokens_per_s"] for r in runs["llm2vec"])
     ours = statistics.median(r["tokens_per_s"] for r in runs["l2v"])
+    fast = statistics.median(r["tokens_per_s"] for r in runs["l2v-mixed"])
+    mixed_agreement = cosine_rows(np.load(work / "l2v.npy"), np.load(work / "l2v-mixed.npy"))
     agreement = cosine_rows(np.load(work / "llm2vec.npy"), np.load(work / "l2v.npy"))
     bf16_agreement = cosine_rows(np.load(work / "l2v.npy"), np.load(work / "l2v_bf16.npy"))
     payload = {
@@ -79,6 +84,12 @@ def main() -> None:
         "ratio_l2v_over_llm2vec": ours / official,
         "llm2vec_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["llm2vec"]),
         "l2v_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["l2v"]),
+        "l2v_mixed_tokens_per_s": fast,
+        "ratio_l2v_mixed_over_llm2vec": fast / official,
+        "ratio_l2v_mixed_over_l2v_float32": fast / ours,
+        "min_cosine_l2v_mixed_vs_float32": float(mixed_agreement.min()),
+        "mean_cosine_l2v_mixed_vs_float32": float(mixed_agreement.mean()),
+        "l2v_mixed_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["l2v-mixed"]),
         "l2v_bfloat16_tokens_per_s": bf16["tokens_per_s"],
         "ratio_l2v_bfloat16_over_llm2vec_float32": bf16["tokens_per_s"] / official,
         "min_cosine_l2v_vs_llm2vec_float32": float(agreement.min()),
@@ -93,6 +104,8 @@ def main() -> None:
     path = write_result("encode", payload)
     print(f"\nllm2vec 0.2.3: {official:.1f} tokens/s   l2v: {ours:.1f} tokens/s   ratio {ours / official:.2f}x")
     print(f"distinct sentences only: ratio {payload['distinct_ratio_l2v_over_llm2vec']:.2f}x")
+    print(f"l2v fast mode (mixed): {fast:.1f} tokens/s, {fast / official:.2f}x llm2vec, {fast / ours:.2f}x l2v float32, "
+          f"cosine to float32 min {mixed_agreement.min():.5f}")
     print(f"l2v bfloat16: {bf16['tokens_per_s']:.1f} tokens/s ({bf16['tokens_per_s'] / official:.2f}x), "
           f"cosine to float32 min {bf16_agreement.min():.5f}")
     print(f"peak RSS: llm2vec {payload['llm2vec_peak_rss_mb']:.0f} MB, l2v {payload['l2v_peak_rss_mb']:.0f} MB")
