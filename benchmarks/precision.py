@@ -40,6 +40,22 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    """Start VmHWM (peak RSS) again from the current RSS (Linux: ``5`` to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _weights_bytes(model) -> int:
     """Bytes of every parameter and buffer; a dynamic-int8 linear layer counts its packed int8 weight and bias."""
     total = 0
@@ -100,6 +116,7 @@ def worker(model: str, precision: str, sentences_file: str, out_file: str, batch
 
     sentences = Path(sentences_file).read_text(encoding="utf-8").split("\n")[:-1]
     dtype = precision if precision in ("float32", "mixed", "bfloat16") else "float32"
+    before_load_mb = _rss_mb("VmRSS")  # the interpreter and libraries, before any model
     began = time.perf_counter()
     encoder = Encoder.from_pretrained(model, dtype=dtype, merge_adapters=True)
     load_seconds = time.perf_counter() - began
@@ -118,9 +135,12 @@ def worker(model: str, precision: str, sentences_file: str, out_file: str, batch
     tokenized = encoder.tokenize(sentences)
     tokens = sum(len(t.input_ids) for t in tokenized)
     encoder.embed_tokenized(tokenized[:batch_size], batch_size=batch_size)  # warm-up
+    # the peak while encoding, apart from loading's transients (a float32 load cast to bfloat16): reset VmHWM
+    reset = _reset_peak_rss()
     began = time.perf_counter()
     vectors = encoder.embed_tokenized(tokenized, batch_size=batch_size, normalize=False).numpy()
     seconds = time.perf_counter() - began
+    encoding_peak_mb = _peak_rss_mb() if reset else float("nan")
     np.save(out_file, vectors)
     # roofline: the model's own linear shapes, rows = the mean tokens of one batch (texts are length-sorted)
     first = layers[0]
@@ -150,6 +170,9 @@ def worker(model: str, precision: str, sentences_file: str, out_file: str, batch
         "float32_layers": (total - low), "layers": total, "tokens": tokens, "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1), "load_seconds": round(load_seconds, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1), "weights_mb": round(_weights_bytes(encoder) / 2**20, 1),
+        "rss_before_load_mb": round(before_load_mb, 1), "encoding_peak_rss_mb": round(encoding_peak_mb, 1),
+        # what the model and its encoding add to the process, over the weights' size (the issue's <= 1.3x)
+        "encoding_peak_over_weights": round((encoding_peak_mb - before_load_mb) / (_weights_bytes(encoder) / 2**20), 2),
         "gemm_rate_gflops": {"float32": round(rate32 / 1e9, 1), "bfloat16": round(rate16 / 1e9, 1),
                              **({"int8": round(rate8 / 1e9, 1)} if rate8 else {})},
         "machine_rate_gflops": round(machine_rate / 1e9, 1), "achieved_gflops": round(achieved / 1e9, 1),
