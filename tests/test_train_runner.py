@@ -79,6 +79,20 @@ def test_a_sigkilled_run_resumes_to_the_same_losses(tmp_path, tiny_llama_folder,
     assert (tmp_path / "a" / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_finished_run_rerun_reuses_its_encoder_without_rewriting_it(tmp_path, tiny_llama_folder):
+    """Rerunning a finished stage (a second recipe sharing it, or the same command again) leaves its encoder as it
+    is: two recipes started together used to rewrite it at once and one failed on the other's temporary folder."""
+    config = write_config(tmp_path, tiny_llama_folder, "mntp", steps=2)
+    assert cli("train", "mntp", "--config", config, "--no-progress").returncode == 0
+    adapter = tmp_path / "run" / "encoder" / "adapter" / "adapter_model.safetensors"
+    before = (adapter.stat().st_ino, adapter.stat().st_mtime_ns, adapter.read_bytes())
+    again = cli("train", "mntp", "--config", config, "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "already trained (2 steps): reusing it" in again.stderr
+    assert (adapter.stat().st_ino, adapter.stat().st_mtime_ns, adapter.read_bytes()) == before
+    assert len(losses(tmp_path / "run")) == 2
+
+
 def test_mntp_then_simcse_chain_gives_an_encoder(tmp_path, tiny_llama_folder, sentences):
     mntp = load_config(write_config(tmp_path / "m", tiny_llama_folder, "mntp", steps=4))
     mntp_encoder = train(mntp, show_progress=False, log=lambda *_: None)

@@ -409,6 +409,15 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
         if rank == 0:
             truncate_metrics(metrics_path, start)
             truncate_metrics(dev_path, start)
+        from ..encoder import CONFIG_NAME
+
+        if start >= config.steps and (output / "encoder" / CONFIG_NAME).exists():
+            # finished before (the encoder is written after the last checkpoint): nothing to rewrite. Two recipes
+            # sharing this stage, started together, both found it finished and raced rewriting its encoder.
+            if rank == 0:
+                log(f"{output / 'encoder'} is already trained ({start} steps): reusing it")
+            return output / "encoder"
+        if rank == 0:
             log(f"resuming from {checkpoint} (step {start})")
     elif rank == 0:
         metrics_path.unlink(missing_ok=True)
