@@ -88,9 +88,26 @@ def test_a_finished_run_rerun_reuses_its_encoder_without_rewriting_it(tmp_path, 
     before = (adapter.stat().st_ino, adapter.stat().st_mtime_ns, adapter.read_bytes())
     again = cli("train", "mntp", "--config", config, "--no-progress")
     assert again.returncode == 0, again.stderr
-    assert "already trained (2 steps): reusing it" in again.stderr
+    assert "already trained (2 steps, same config): reusing it" in again.stderr
     assert (adapter.stat().st_ino, adapter.stat().st_mtime_ns, adapter.read_bytes()) == before
     assert len(losses(tmp_path / "run")) == 2
+    # a run finished before the marker existed: recognised from its last checkpoint, and marked
+    (tmp_path / "run" / "finished.json").unlink()
+    marked = cli("train", "mntp", "--config", config, "--no-progress")
+    assert marked.returncode == 0 and "already trained (2 steps): reusing it" in marked.stderr
+    assert (tmp_path / "run" / "finished.json").exists() and adapter.stat().st_mtime_ns == before[1]
+    # its checkpoints deleted (they are the big files), the finished run is still recognised and reused
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    third = cli("train", "mntp", "--config", config, "--no-progress")
+    assert third.returncode == 0 and "same config): reusing it" in third.stderr
+    assert (adapter.stat().st_ino, adapter.stat().st_mtime_ns) == before[:2]
+    # another config in the same folder is not mistaken for it: it trains
+    changed = write_config(tmp_path, tiny_llama_folder, "mntp", steps=2, learning_rate=5e-4)
+    retrained = cli("train", "mntp", "--config", changed, "--no-progress")
+    assert retrained.returncode == 0 and "reusing it" not in retrained.stderr
+    assert adapter.read_bytes() != before[2]
 
 
 def test_mntp_then_simcse_chain_gives_an_encoder(tmp_path, tiny_llama_folder, sentences):

@@ -135,6 +135,28 @@ def config_signature(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
+FINISHED = "finished.json"
+
+
+def _mark_finished(output: Path, config: TrainConfig) -> None:
+    """Written after the final encoder: a rerun of the same config reuses the run without loading anything, also
+    once its checkpoints are deleted (they are ~3x the adapter's size each)."""
+    write_json_atomic({"steps": config.steps, "config_signature": config_signature(config)}, output / FINISHED)
+
+
+def _finished(output: Path, config: TrainConfig) -> bool:
+    from ..encoder import CONFIG_NAME
+
+    marker = output / FINISHED
+    if not marker.exists() or not (output / "encoder" / CONFIG_NAME).exists():
+        return False
+    try:
+        record = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return False
+    return record.get("steps") == config.steps and record.get("config_signature") == config_signature(config)
+
+
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor whole on the CPU; an FSDP shard (DTensor) is gathered from every process (a collective: every
     process calls it, in the same order)."""
@@ -370,6 +392,9 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     ``on_step_end(step)`` is called after each optimizer step (and checkpoint); ``trackers`` adds accelerate trackers
     (names or ``GeneralTracker`` objects) to the config's."""
     output = Path(config.output)
+    if _finished(output, config):
+        log(f"{output / 'encoder'} is already trained ({config.steps} steps, same config): reusing it")
+        return output / "encoder"
     accelerator = _accelerator(config, output, trackers)
     rank, world = accelerator.process_index, accelerator.num_processes
     settings = _fsdp_settings(config)
@@ -415,6 +440,7 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
             # finished before (the encoder is written after the last checkpoint): nothing to rewrite. Two recipes
             # sharing this stage, started together, both found it finished and raced rewriting its encoder.
             if rank == 0:
+                _mark_finished(output, config)  # (a run finished before the marker existed)
                 log(f"{output / 'encoder'} is already trained ({start} steps): reusing it")
             return output / "encoder"
         if rank == 0:
@@ -513,6 +539,7 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
         # the saved encoder truncates at the inference length, not at the (often short) training length
         encoder.config.max_length = config.encoder_max_length
         encoder.save(final, overwrite=True, trained_state=gathered)
+        _mark_finished(output, config)
         if metrics_path.exists():
             loss_curve(metrics_path, output / "loss.png")
         log(f"wrote {final} (load it with Encoder.from_pretrained({str(final)!r}))")
