@@ -47,6 +47,7 @@ def main() -> None:
     import torch
 
     from l2v import Encoder
+    from l2v.batching import token_budget_batches
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = [line.rstrip("\n").split("\t") for line in (DATA / "sts" / "stsb_test.tsv").read_text(encoding="utf-8").splitlines()[1:]]
@@ -79,8 +80,6 @@ def main() -> None:
         weights = sum(p.numel() * p.element_size() for p in encoder.model.parameters())
         tokenized = encoder.tokenize(sentences)
         real = sum(len(t.input_ids) for t in tokenized)
-        from l2v.batching import token_budget_batches
-
         batches = token_budget_batches([len(t.input_ids) for t in tokenized], args.batch_size, args.max_tokens)
         padded = sum(max(len(tokenized[i].input_ids) for i in b) * len(b) for b in batches)
         encoder.encode(sentences[: args.batch_size], batch_size=args.batch_size)  # warm-up (kernels, autotuning)

@@ -19,61 +19,48 @@ from _common import DATA  # noqa: E402
 from l2v import Encoder  # noqa: E402
 from l2v.precision import decoder_layers  # noqa: E402
 
-torch.manual_seed(0)
-model = sys.argv[1]
-enc = Encoder.from_pretrained(model, dtype="float32", merge_adapters=True)
-rows = [l.split("\t") for l in open(DATA / "sts" / "stsb_dev.tsv").read().splitlines()[1:]]
-sents = list(dict.fromkeys([r[0] for r in rows] + [r[1] for r in rows]))[:400]
-ref = torch.from_numpy(enc.encode(sents, batch_size=32))
-layers = decoder_layers(enc.model)
-def bf(x): return x.to(torch.bfloat16).float()
-patched = {}
-def patch(mod):
-    orig = mod.forward
-    def fwd(x, _m=mod):
-        return bf(F.linear(bf(x), bf(_m.weight), None if _m.bias is None else _m.bias))
-    mod.forward = fwd; patched[mod] = orig
-def unpatch():
-    for m, o in patched.items(): m.forward = o
-    patched.clear()
-def linears(layer):
-    return [(n, m) for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
-def score(tag):
-    v = torch.from_numpy(enc.encode(sents, batch_size=32))
-    c = (v * ref).sum(-1)
-    print(f"{tag:50s} min {c.min():.5f} mean {c.mean():.6f}", flush=True)
-split = int(sys.argv[2])
-# 1. everything from split on in bf16 (today's mixed)
-for L in layers[split:]:
-    for n, m in linears(L): patch(m)
-score(f"layers {split}+ all bf16 (today)")
-# 2. plus early layers except down_proj
-for L in layers[:split]:
-    for n, m in linears(L):
-        if "down_proj" not in n: patch(m)
-score(f"+ layers <{split} all but down_proj")
-unpatch()
-for L in layers[split:]:
-    for n, m in linears(L): patch(m)
-for L in layers[:split]:
-    for n, m in linears(L):
-        if "down_proj" not in n and "o_proj" not in n: patch(m)
-score(f"+ layers <{split} q,k,v,gate,up only")
-unpatch()
-for L in layers[split:]:
-    for n, m in linears(L): patch(m)
-for L in layers[:split]:
-    for n, m in linears(L):
-        if "mlp" not in n: patch(m)
-score(f"+ layers <{split} attention projections only")
-unpatch()
-# 3. per-layer: all of layer i bf16 alone (others fp32)
-for i in range(split):
-    for n, m in linears(layers[i]): patch(m)
-    score(f"only layer {i} all bf16")
-    unpatch()
-for i in range(split):
-    for n, m in linears(layers[i]):
-        if "down_proj" in n: patch(m)
-    score(f"only layer {i} down_proj bf16")
-    unpatch()
+
+def bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).float()
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model, split = sys.argv[1], int(sys.argv[2])
+    encoder = Encoder.from_pretrained(model, dtype="float32", merge_adapters=True)
+    rows = [line.split("\t") for line in (DATA / "sts" / "stsb_dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    sentences = list(dict.fromkeys([r[0] for r in rows] + [r[1] for r in rows]))[:400]
+    reference = torch.from_numpy(encoder.encode(sentences, batch_size=32))
+    layers = decoder_layers(encoder.model)
+
+    def emulated(module):
+        return lambda x: bf16(F.linear(bf16(x), bf16(module.weight), module.bias))
+
+    def trial(tag: str, chosen) -> None:
+        """Min / mean cosine to float32 with bf16 products in the linear layers ``chosen(layer_index, name)``."""
+        saved = {}
+        for index, layer in enumerate(layers):
+            for name, module in layer.named_modules():
+                if isinstance(module, torch.nn.Linear) and chosen(index, name):
+                    saved[module] = module.forward
+                    module.forward = emulated(module)
+        try:
+            cosine = (torch.from_numpy(encoder.encode(sentences, batch_size=32)) * reference).sum(-1)
+        finally:
+            for module, forward in saved.items():
+                module.forward = forward
+        print(f"{tag:50s} min {cosine.min():.5f} mean {cosine.mean():.6f}", flush=True)
+
+    trial(f"layers {split}+ all bf16 (today)", lambda i, name: i >= split)
+    trial(f"+ layers <{split} all but down_proj", lambda i, name: i >= split or "down_proj" not in name)
+    trial(f"+ layers <{split} q,k,v,gate,up only",
+          lambda i, name: i >= split or ("down_proj" not in name and "o_proj" not in name))
+    trial(f"+ layers <{split} attention projections only", lambda i, name: i >= split or "mlp" not in name)
+    for layer in range(split):
+        trial(f"only layer {layer} all bf16", lambda i, name, layer=layer: i == layer)
+    for layer in range(split):
+        trial(f"only layer {layer} down_proj bf16", lambda i, name, layer=layer: i == layer and "down_proj" in name)
+
+
+if __name__ == "__main__":
+    main()
