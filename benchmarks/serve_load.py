@@ -90,6 +90,18 @@ def peak_rss_mb(pid: int) -> float:
     return sum(_rss_mb(p, "VmHWM:") for p in _tree(pid))
 
 
+def peak_rss_by_process(pid: int) -> dict[str, float]:
+    """Each server process's peak RSS (VmHWM), named by its command line's tail (HTTP process, model process, the
+    multiprocessing resource tracker): which one a memory target is missed in."""
+    found = {}
+    for child in _tree(pid):
+        with contextlib.suppress(OSError):
+            words = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+            name = " ".join(words[-2:]) if child != pid else "http (l2v serve)"
+            found[f"{child}: {name[:60]}"] = round(_rss_mb(child, "VmHWM:"), 1)
+    return found
+
+
 async def raw_post(host: str, port: int, body: bytes, timeout: float) -> tuple[int, dict, bytes]:
     """One HTTP/1.1 POST on its own connection, written and read by hand: at 10,000 concurrent clients a pooled
     client library spends more of the two cores than the server does, and that would be measured instead."""
@@ -191,6 +203,7 @@ def run_overload(args, texts: list[str], source: Path | None, extra: list[str] |
         result["server_processes"] = len(_tree(server.pid))
         result["server_rss_mb_during_burst"] = round(rss["peak_mb"], 1)  # peak of the processes' summed RSS
         result["server_peak_rss_mb"] = round(peak_rss_mb(server.pid), 1)
+        result["server_peak_rss_mb_by_process"] = peak_rss_by_process(server.pid)
         health = httpx.get(f"{url}/health", timeout=10).json()
         result["server_health"] = {k: v for k, v in health.items() if k not in ("model", "uptime_seconds")}
         return result

@@ -352,9 +352,17 @@ def test_api_key_is_required_on_every_route(tiny_encoder):
 
 def test_metrics_count_requests_texts_and_batches(served):
     url, _ = served
+
+    def counted(text: str, labels: str) -> float:
+        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(f"l2v_requests_total{{{labels}}}")), 0.0)
+
+    keys = ('path="/v1/embeddings",status="200"', 'path="/v1/embeddings",status="400"', 'path="other",status="404"')
+    before = httpx.get(f"{url}/metrics").text  # the server is shared by this module's tests: count differences
     httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS, "model": "tiny"})
+    assert httpx.get(f"{url}/no/such/path").status_code == 404
+    assert httpx.post(f"{url}/v1/embeddings", content=b"{", headers={"Content-Type": "application/json"}).status_code == 400
     text = httpx.get(f"{url}/metrics").text
-    assert 'l2v_requests_total{path="/v1/embeddings",status="200"}' in text
+    assert [counted(text, key) - counted(before, key) for key in keys] == [1, 1, 1]  # unknown paths share "other"
     texts_line = next(line for line in text.splitlines() if line.startswith("l2v_texts_total"))
     assert float(texts_line.split()[-1]) >= 4
     assert "l2v_request_seconds_bucket" in text and "l2v_queue_texts" in text

@@ -194,6 +194,53 @@ def _response_bytes(texts: int, dimensions: int, encoding_format: str) -> int:
     return texts * (dimensions * (22 if encoding_format == "float" else 6) + 64) + 256
 
 
+class _Guard:
+    """The API key and body-size checks before a request reaches its handler, and the request counter by path and
+    status after it: a plain ASGI middleware. (FastAPI's ``@app.middleware("http")`` wraps every request in a task
+    group and memory streams of its own; at 10,000 concurrent connections that was memory the HTTP process held
+    for nothing.)"""
+
+    def __init__(self, app, settings: ServerSettings, metrics: "_Metrics | None"):
+        self.app, self.settings, self.metrics = app, settings, metrics
+        self.key = settings.api_key.encode() if settings.api_key is not None else None
+
+    def _check(self, headers: list[tuple[bytes, bytes]]) -> RequestError | None:
+        found = {name: value for name, value in headers if name in (b"authorization", b"content-length")}
+        if self.key is not None:
+            scheme, _, token = found.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self.key):
+                return RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        length = found.get(b"content-length", b"").decode("latin-1")
+        if length.isdigit() and int(length) > self.settings.max_body_bytes:
+            return RequestError(413, f"the request body has {length} bytes; the limit is {self.settings.max_body_bytes}",
+                                code="body_too_large")
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}  # an exception before the response starts is the server error middleware's 500
+        error = self._check(scope["headers"])
+        try:
+            if error is not None:
+                status["code"] = error.status
+                await _error_response(error)(scope, receive, send)
+                return
+
+            async def counted_send(message):
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, counted_send)
+        finally:
+            if self.metrics is not None:
+                path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"  # bounded label values
+                self.metrics.requests.labels(path, str(status["code"])).inc()
+
+
 def create_app(encoder: Encoder, settings: ServerSettings, worker=None):
     """The FastAPI application serving ``encoder`` (its tokenizer; the forward passes run in ``worker``, a
     :class:`~l2v.serve.worker.ModelProcess` that the application closes at shutdown, when given); the micro-batcher
@@ -226,26 +273,7 @@ def create_app(encoder: Encoder, settings: ServerSettings, worker=None):
     app = FastAPI(title="l2v embeddings", lifespan=lifespan)
     app.state.batcher, app.state.settings = batcher, settings
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        try:
-            if settings.api_key is not None:
-                header = request.headers.get("authorization", "")
-                scheme, _, token = header.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-                    raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-                raise RequestError(413, f"the request body has {length} bytes; the limit is {settings.max_body_bytes}",
-                                   code="body_too_large")
-            response = await call_next(request)
-        except RequestError as error:
-            response = _error_response(error)
-        if metrics is not None:
-            path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # bounded label values
-            metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_Guard, settings=settings, metrics=metrics)
 
     @app.get("/health")
     async def health():
