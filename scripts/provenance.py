@@ -1,7 +1,10 @@
 """Write provenance.json for a shipped encoder: the recipe, each stage's steps, batch, data, LoRA, final loss, last
 dev scores and training time, the machine, the code's commit.
 
-    python scripts/provenance.py configs/smollm2-l2v-unsup.yaml OUT.json
+    python scripts/provenance.py configs/smollm2-l2v-unsup.yaml OUT.json [--stage NAME=FOLDER ...] [--shipped DIR]
+
+``--stage`` names the folder a stage actually ran in when it is not the recipe's. A stage whose folder is gone is
+taken from the shipped encoder provenance that recorded it (marked ``record_from``).
 
 Each stage's run folder is the recipe's: the stage's own ``output`` (a stage shared by several recipes) or
 ``OUTPUT/STAGE``. ``train_seconds`` is training time over every part of a resumed run (dev evaluations excluded).
@@ -56,16 +59,43 @@ def stage_record(folder: Path) -> dict:
     }
 
 
+def shipped_record(folder: Path, shipped: Path) -> dict | None:
+    """The record of a stage run in ``folder`` as a shipped encoder's provenance.json kept it (the run folder itself
+    may be gone: run folders are not kept between sessions), marked with the file it came from."""
+    for path in sorted(shipped.glob("*/provenance.json")):
+        for stage in json.loads(path.read_text()).get("stages", {}).values():
+            if Path(stage.get("folder", "")) == folder:
+                return {**stage, "record_from": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
+    return None
+
+
 def main() -> None:
-    if len(sys.argv) != 3:
+    arguments = sys.argv[1:]
+    overrides = {}  # --stage NAME=FOLDER: the stage was run in another folder (e.g. a pilot continued to the end)
+    shipped = ROOT / "src" / "l2v" / "encoders"  # --shipped DIR: where shipped encoders' provenance is looked up
+    if "--shipped" in arguments:
+        at = arguments.index("--shipped")
+        shipped = Path(arguments[at + 1])
+        del arguments[at:at + 2]
+    while "--stage" in arguments:
+        at = arguments.index("--stage")
+        name, _, folder = arguments[at + 1].partition("=")
+        overrides[name] = Path(folder)
+        del arguments[at:at + 2]
+    if len(arguments) != 2:
         sys.exit(__doc__)
-    recipe_path, out = Path(sys.argv[1]), Path(sys.argv[2])
+    recipe_path, out = Path(arguments[0]), Path(arguments[1])
     recipe = yaml.safe_load(recipe_path.read_text())
     stages = {}
     for name, settings in (recipe.get("stages") or {}).items():
-        folder = Path((settings or {}).get("output") or Path(recipe["output"]) / name)
+        folder = overrides.get(name) or Path((settings or {}).get("output") or Path(recipe["output"]) / name)
         if not (folder / "config.json").exists() or not (folder / "metrics.jsonl").exists() or not (folder / "encoder").is_dir():
-            sys.exit(f"{folder}: no finished run of stage {name!r} (config.json, metrics.jsonl, encoder/)")
+            kept = shipped_record(folder, shipped)
+            if kept is None:
+                sys.exit(f"{folder}: no finished run of stage {name!r} (config.json, metrics.jsonl, encoder/), and no "
+                         "shipped encoder's provenance.json records it")
+            stages[name] = kept
+            continue
         stages[name] = stage_record(folder)
         last = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])["step"]
         if last != stages[name]["steps"]:

@@ -292,7 +292,7 @@ def test_convert_chains_the_recipe_and_reports(tmp_path, tiny_llama_folder, sent
         load_convert_config(path)
 
 
-def test_two_recipes_share_one_mntp_run_through_a_stage_output(tmp_path, tiny_llama_folder):
+def test_two_recipes_share_one_mntp_run_through_a_stage_output(tmp_path, tiny_llama_folder, monkeypatch):
     """The unsupervised and the supervised recipe name one MNTP folder: the second convert reuses the finished run
     (no step trained again) and trains on its adapter; a shared folder with another MNTP config is refused."""
     from l2v.train.convert import convert, load_convert_config
@@ -310,8 +310,14 @@ def test_two_recipes_share_one_mntp_run_through_a_stage_output(tmp_path, tiny_ll
     convert(tmp_path / "a.yaml", show_progress=False, log=lambda *_: None)
     trained = (Path(shared) / "metrics.jsonl").read_text()
     assert load_convert_config(tmp_path / "b.yaml")["stages"]["simcse"].adapters == [str(Path(shared) / "encoder" / "adapter")]
+    import l2v.train.data as data
+
+    reads = []
+    original = data.load_texts
+    monkeypatch.setattr(data, "load_texts", lambda config, *a, **k: (reads.append(config.train), original(config, *a, **k))[1])
     convert(tmp_path / "b.yaml", show_progress=False, log=lambda *_: None)
     assert (Path(shared) / "metrics.jsonl").read_text() == trained  # reused, not trained again
+    assert len(reads) == 2  # SimCSE's texts, checked up front and read to train; the finished MNTP's not read again
     assert not (tmp_path / "b" / "mntp").exists() and (tmp_path / "b" / "encoder").is_dir()
     second["stages"]["mntp"] = {**mntp, "learning_rate": 0.5}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(second))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import L2VError
 from .config import TrainConfig, from_mapping, read_yaml, validate
-from .runner import train
+from .runner import is_finished, train
 
 CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
 # The LLM2Vec recipe, in order: each stage trains on the merged adapters of the stages before it
@@ -88,9 +88,11 @@ def convert(path: str | Path, show_progress: bool = True, log=print) -> Path:
     plan = load_convert_config(path)
     output: Path = plan["output"]
     # Every stage's data and the evaluation tasks are read before the first step: a bad SimCSE file or task name
-    # fails now, not after MNTP has trained.
+    # fails now, not after MNTP has trained. A stage already trained with the same config is skipped (MNTP's
+    # 26M words of Wikipedia take minutes and gigabytes to read for nothing).
     for config in plan["stages"].values():
-        (load_triples if config.stage == "supervised" else load_texts)(config.data)
+        if not is_finished(Path(config.output), config):
+            (load_triples if config.stage == "supervised" else load_texts)(config.data)
     selected = _evaluation_tasks(plan["evaluate"]) if plan["evaluate"] else None
     encoders = {}
     for stage, config in plan["stages"].items():

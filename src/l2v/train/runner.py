@@ -144,7 +144,8 @@ def _mark_finished(output: Path, config: TrainConfig) -> None:
     write_json_atomic({"steps": config.steps, "config_signature": config_signature(config)}, output / FINISHED)
 
 
-def _finished(output: Path, config: TrainConfig) -> bool:
+def is_finished(output: Path, config: TrainConfig) -> bool:
+    """Whether ``output`` holds a finished run of ``config`` (its marker, same steps and config signature)."""
     from ..encoder import CONFIG_NAME
 
     marker = output / FINISHED
@@ -392,7 +393,7 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     ``on_step_end(step)`` is called after each optimizer step (and checkpoint); ``trackers`` adds accelerate trackers
     (names or ``GeneralTracker`` objects) to the config's."""
     output = Path(config.output)
-    if _finished(output, config):
+    if is_finished(output, config):
         log(f"{output / 'encoder'} is already trained ({config.steps} steps, same config): reusing it")
         return output / "encoder"
     accelerator = _accelerator(config, output, trackers)
