@@ -70,21 +70,23 @@ def shipped_record(folder: Path, shipped: Path) -> dict | None:
 
 
 def main() -> None:
-    arguments = sys.argv[1:]
-    overrides = {}  # --stage NAME=FOLDER: the stage was run in another folder (e.g. a pilot continued to the end)
-    shipped = ROOT / "src" / "l2v" / "encoders"  # --shipped DIR: where shipped encoders' provenance is looked up
-    if "--shipped" in arguments:
-        at = arguments.index("--shipped")
-        shipped = Path(arguments[at + 1])
-        del arguments[at:at + 2]
-    while "--stage" in arguments:
-        at = arguments.index("--stage")
-        name, _, folder = arguments[at + 1].partition("=")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--stage", action="append", default=[], metavar="NAME=FOLDER",
+                        help="the folder a stage ran in when it is not the recipe's (e.g. a pilot continued to the end)")
+    parser.add_argument("--shipped", type=Path, default=ROOT / "src" / "l2v" / "encoders",
+                        help="where shipped encoders' provenance.json files are looked up")
+    args = parser.parse_args()
+    overrides = {}
+    for value in args.stage:
+        name, sign, folder = value.partition("=")
+        if not sign:
+            parser.error(f"--stage {value!r}: expected NAME=FOLDER")
         overrides[name] = Path(folder)
-        del arguments[at:at + 2]
-    if len(arguments) != 2:
-        sys.exit(__doc__)
-    recipe_path, out = Path(arguments[0]), Path(arguments[1])
+    recipe_path, out, shipped = args.recipe, args.out, args.shipped
     recipe = yaml.safe_load(recipe_path.read_text())
     stages = {}
     for name, settings in (recipe.get("stages") or {}).items():

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' string annotations here
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.datastructures import Headers
 
 from ..encoder import Encoder
 from ..errors import L2VError
@@ -204,14 +205,14 @@ class _Guard:
         self.app, self.settings, self.metrics = app, settings, metrics
         self.key = settings.api_key.encode() if settings.api_key is not None else None
 
-    def _check(self, headers: list[tuple[bytes, bytes]]) -> RequestError | None:
-        found = {name: value for name, value in headers if name in (b"authorization", b"content-length")}
+    def _check(self, scope) -> RequestError | None:
+        headers = Headers(scope=scope)
         if self.key is not None:
-            scheme, _, token = found.get(b"authorization", b"").decode("latin-1").partition(" ")
+            scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self.key):
                 return RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                     code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        length = found.get(b"content-length", b"").decode("latin-1")
+        length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.settings.max_body_bytes:
             return RequestError(413, f"the request body has {length} bytes; the limit is {self.settings.max_body_bytes}",
                                 code="body_too_large")
@@ -222,7 +223,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}  # an exception before the response starts is the server error middleware's 500
-        error = self._check(scope["headers"])
+        error = self._check(scope)
         try:
             if error is not None:
                 status["code"] = error.status
