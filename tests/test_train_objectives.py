@@ -253,11 +253,35 @@ def test_lora_dropout_draws_the_same_distribution_faster(tiny_llama_folder):
     first = Dropout(0.3).train()(x)
     torch.manual_seed(3)
     assert torch.equal(first, Dropout(0.3).train()(x))  # seeded like every other draw: resumption replays it
+    assert Dropout(0.3).train()(torch.ones(0)).shape == (0,)
     model = apply_lora(Encoder.from_pretrained(str(tiny_llama_folder)).model,
                        TrainConfig(stage="simcse", model="x", output="y"))
     dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
     assert dropouts and all(d.p == 0.05 for d in dropouts)
     assert not [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and "lora" in str(type(m))]
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_lora_dropout_positions_are_a_bernoulli_process(p):
+    """Drawn as geometric gaps, the drops are what independent Bernoulli(p) draws give: the rate, no correlation
+    between neighbours, and the same rate at the first and last elements of small tensors."""
+    import math
+
+    from l2v.train.lora import drop_positions, keep_mask
+
+    torch.manual_seed(0)
+    n = 2_000_000
+    dropped = 1.0 - keep_mask((n,), p, torch.float64)
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(dropped.mean().item() - p) < 5 * sigma
+    both = (dropped[:-1] * dropped[1:]).mean().item()  # neighbours drop together with probability p^2
+    assert abs(both - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n)
+    small = torch.stack([1.0 - keep_mask((3,), p, torch.float64) for _ in range(20_000)])
+    for column in small.T:  # each position of a 3-element tensor, over 20,000 tensors
+        assert abs(column.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / 20_000)
+    positions = drop_positions(1000, p)
+    assert positions.dtype == torch.int64 and bool((positions[1:] > positions[:-1]).all())
+    assert positions.numel() == 0 or (positions.min() >= 0 and positions.max() < 1000)
 
 
 def test_simcse_in_one_pass_of_both_views_equals_two_passes_without_dropout(tiny_llama_folder):
@@ -273,3 +297,54 @@ def test_simcse_in_one_pass_of_both_views_equals_two_passes_without_dropout(tiny
     set_dropout(encoder.model, attention_dropout=0.3)  # with dropout the copies differ: the views are not identical
     both = embed_in_groups(encoder, encoder.collate, tokenized + tokenized)
     assert not torch.allclose(both[:5], both[5:])
+
+
+def _lora_loss_and_grads(folder, dtype, in_base_dtype):
+    """A SimCSE loss (no dropout) and its LoRA gradients, LoRA B factors set to the same non-zero values."""
+    from l2v.train.config import LoraConfig, TrainConfig
+    from l2v.train.lora import apply_lora
+
+    encoder = Encoder.from_pretrained(str(folder), dtype=dtype)
+    torch.manual_seed(0)
+    config = TrainConfig(stage="simcse", model="x", output="y",
+                         lora=LoraConfig(r=4, dropout=0.0, compute_in_base_dtype=in_base_dtype))
+    encoder.model = apply_lora(encoder.model, config)
+    generator = torch.Generator().manual_seed(1)
+    for name, parameter in encoder.model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    encoder.train()
+    set_dropout(encoder.model, attention_dropout=0.0)
+    tokenized = encoder.tokenize(["the cat sits on the mat while the dog sleeps", "paris", "a man is playing a guitar",
+                                  "what is the capital of france ?"])
+    loss = simcse_loss(encoder, encoder.collate, tokenized)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in encoder.model.named_parameters() if p.grad is not None}
+    return encoder, loss.item(), grads
+
+
+def test_lora_products_in_the_base_dtype_keep_the_loss_and_gradients(tiny_llama_folder):
+    from peft import get_peft_model_state_dict
+
+    from l2v.train.lora import InputDtypeLinear
+
+    # float32 base weights: the switch changes nothing, bit for bit
+    _, reference_loss, reference = _lora_loss_and_grads(tiny_llama_folder, "float32", True)
+    _, other_loss, other = _lora_loss_and_grads(tiny_llama_folder, "float32", False)
+    assert reference_loss == other_loss and all(torch.equal(reference[n], other[n]) for n in other)
+    # bf16 base weights: LoRA's products in bf16 stay as close to float32 as peft's float32 LoRA path does
+    fast, fast_loss, fast_grads = _lora_loss_and_grads(tiny_llama_folder, "bfloat16", True)
+    _, slow_loss, slow_grads = _lora_loss_and_grads(tiny_llama_folder, "bfloat16", False)
+    factors = [m for m in fast.model.modules() if isinstance(m, InputDtypeLinear)]
+    assert factors and all(m.weight.dtype == torch.float32 for m in factors)  # master weights stay float32
+    assert fast_grads.keys() == slow_grads.keys() == reference.keys() and any("lora_A" in n for n in reference)
+    assert abs(fast_loss - reference_loss) <= 2 * abs(slow_loss - reference_loss) + 1e-3
+
+    def worst_cosine(grads):
+        return min(F.cosine_similarity(grads[n].float().flatten(), reference[n].flatten(), dim=0).item() for n in reference)
+
+    assert all(g.dtype == torch.float32 for g in fast_grads.values())
+    assert worst_cosine(fast_grads) > 0.99 and worst_cosine(fast_grads) >= worst_cosine(slow_grads) - 0.005
+    # the saved adapter has peft's keys whichever path ran
+    keys = set(get_peft_model_state_dict(fast.model))
+    assert keys and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in keys)

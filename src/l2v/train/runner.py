@@ -77,9 +77,25 @@ class BatchPlan:
         return self._epoch(step // self.per_epoch)[step % self.per_epoch]
 
 
-def load_objective(config: TrainConfig, device: torch.device | str | None = None) -> Objective:
+# "auto" picks eager attention on a CPU for texts up to this many tokens: measured there, paired steps of SmolLM2
+# with LoRA, eager / SDPA (flash kernel) step time 0.84 for MNTP 16 x 128 and 0.95 for SimCSE 32 x 64
+# (benchmarks/step_ab.py); longer texts keep the model's default (eager attention keeps L x L weights per head).
+EAGER_ON_CPU_UP_TO = 128
+
+
+def training_attention(config: TrainConfig, device: torch.device | str | None) -> str | None:
+    """The attention implementation training loads the model with (None: the model's default)."""
+    if config.attn_implementation != "auto":
+        return config.attn_implementation
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return "eager" if on_cpu and config.max_length <= EAGER_ON_CPU_UP_TO else None
+
+
+def load_objective(config: TrainConfig, device: torch.device | str | None = None,
+                   compute_device: torch.device | str | None = None) -> Objective:
     """The objective of ``config.stage`` with its examples read (first: bad data fails before any model loads)
-    and its encoder loaded (the one loader of inference, with the LM head for MNTP), prepared and given LoRA."""
+    and its encoder loaded (the one loader of inference, with the LM head for MNTP), prepared and given LoRA.
+    ``compute_device``: where the steps run, when the model is loaded elsewhere first (FSDP), else ``device``."""
     from ..encoder import Encoder
 
     objective = objective_class(config.stage)(config)
@@ -87,6 +103,7 @@ def load_objective(config: TrainConfig, device: torch.device | str | None = None
         config.model, adapters=config.adapters or None, merge_adapters=True, pooling=config.pooling,
         max_length=config.max_length, dtype=config.dtype, device=device, with_lm_head=objective.needs_lm_head,
         pooling_options=config.pooling_options,
+        attn_implementation=training_attention(config, compute_device if compute_device is not None else device),
     )
     objective.prepare(encoder)
     encoder.model = apply_lora(encoder.model, config)
@@ -122,9 +139,12 @@ def config_signature(config: TrainConfig) -> str:
     from ..fileio import sha256_file
 
     values = dataclasses.asdict(config)
+    # none of these changes a step beyond float rounding (FSDP and DDP checkpoints are the same files; the attention
+    # kernel and LoRA's bf16 products round differently), so a run may resume across them
     for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing", "trackers",
-                "dev", "fsdp"):  # none changes a step (FSDP and DDP checkpoints are the same files)
+                "dev", "fsdp", "attn_implementation"):
         values.pop(key)
+    values["lora"].pop("compute_in_base_dtype")
     # the adapters trained on top of are named by their contents, not only their path: a retrained MNTP adapter
     # under the same folder must not be paired with a SimCSE checkpoint trained on the old one
     if config.adapters:  # (a stage without adapters keeps the signature it always had)
@@ -402,7 +422,7 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     sharded = settings is not None
     torch.manual_seed(config.seed)
     # with FSDP the base is read into CPU memory and each process's shards are moved to its device by the sharding
-    objective = load_objective(config, device="cpu" if sharded else accelerator.device)
+    objective = load_objective(config, device="cpu" if sharded else accelerator.device, compute_device=accelerator.device)
     encoder = objective.encoder
     accumulation = config.gradient_accumulation_steps
     plan = BatchPlan(objective.groups(), config.batch_size * world, config.seed)
