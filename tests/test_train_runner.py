@@ -770,3 +770,29 @@ def test_set_overrides_any_key_and_names_bad_ones(tmp_path, tiny_llama_folder):
         load_config(path, settings=["lora.rank=8"])
     result = cli("train", "simcse", "--config", path, "--set", "batch_size=0", "--no-progress")
     assert result.returncode == 2 and "batch_size must be a positive integer" in result.stderr
+
+
+def test_training_attention_auto_and_kernel_switches_resume_one_run(tmp_path, tiny_llama_folder):
+    """'auto' trains bf16 on a CPU with eager attention up to 128 tokens and otherwise keeps the model's default;
+    neither the attention kernel nor LoRA's product dtype is part of a run's signature (they change rounding, not
+    the step), so a run resumes across them, and the bf16 run with eager attention trains like SDPA's."""
+    from l2v.train.runner import config_signature, training_attention
+
+    def config(**extra):
+        return load_config(write_config(tmp_path / "c", tiny_llama_folder, "simcse", **extra))
+
+    assert training_attention(config(dtype="bfloat16"), "cpu") == "eager"
+    assert training_attention(config(mixed_precision="bf16"), None) == "eager"
+    assert training_attention(config(), "cpu") is None  # float32: SDPA was as fast
+    assert training_attention(config(dtype="bfloat16", max_length=256), "cpu") is None
+    assert training_attention(config(dtype="bfloat16"), "cuda") is None
+    assert training_attention(config(attn_implementation="sdpa", dtype="bfloat16"), "cpu") == "sdpa"
+    assert config_signature(config(dtype="bfloat16")) == config_signature(
+        config(dtype="bfloat16", attn_implementation="sdpa", lora={"r": 4, "alpha": 8, "compute_in_base_dtype": False}))
+    with pytest.raises(L2VError, match="attn_implementation must be"):
+        config(attn_implementation="")
+    eager = train(load_config(write_config(tmp_path / "e", tiny_llama_folder, "mntp", steps=2, dtype="bfloat16")),
+                  show_progress=False, log=lambda *_: None)
+    sdpa = train(load_config(write_config(tmp_path / "s", tiny_llama_folder, "mntp", steps=2, dtype="bfloat16",
+                                          attn_implementation="sdpa")), show_progress=False, log=lambda *_: None)
+    assert losses(eager.parent) == pytest.approx(losses(sdpa.parent), rel=0.02)

@@ -84,9 +84,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1  # micro-batches of batch_size per process in one optimizer step
     trackers: list[str] = field(default_factory=list)  # accelerate trackers beside metrics.jsonl, e.g. [tensorboard]
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, same result
-    # the attention kernel training runs (any transformers attn_implementation); "auto": "eager" on a CPU with
-    # max_length <= 128 (transformers' eager attention trains faster there than the SDPA kernel), else the model's
-    # default. Not saved with the encoder: encoding picks its own.
+    # the attention kernel training runs (any transformers attn_implementation); "auto": "eager" on a CPU in bf16
+    # with max_length <= 128 (transformers' eager attention trains faster there than the SDPA kernel), else the
+    # model's default. Not saved with the encoder: encoding picks its own.
     attn_implementation: str = "auto"
     # shard the frozen base and the LoRA weights over the processes (FSDP2, by accelerate) instead of copying them
     # to each (DDP): for bases that do not fit one device; also on with `accelerate launch --use_fsdp`

@@ -77,9 +77,10 @@ class BatchPlan:
         return self._epoch(step // self.per_epoch)[step % self.per_epoch]
 
 
-# "auto" picks eager attention on a CPU for texts up to this many tokens: measured there, paired steps of SmolLM2
-# with LoRA, eager / SDPA (flash kernel) step time 0.84 for MNTP 16 x 128 and 0.95 for SimCSE 32 x 64
-# (benchmarks/step_ab.py); longer texts keep the model's default (eager attention keeps L x L weights per head).
+# "auto" picks eager attention on a CPU for bf16 training of texts up to this many tokens. Measured there on paired
+# steps of SmolLM2 with LoRA and bf16 base weights, eager / SDPA step time 0.84 for MNTP 16 x 128 and 0.95 for
+# SimCSE 32 x 64 (the SDPA flash kernel's bf16 backward is slow at these lengths); with float32 weights eager was
+# 1.04x slower, and longer texts keep the model's default (eager attention keeps L x L weights per head).
 EAGER_ON_CPU_UP_TO = 128
 
 
@@ -88,7 +89,8 @@ def training_attention(config: TrainConfig, device: torch.device | str | None) -
     if config.attn_implementation != "auto":
         return config.attn_implementation
     on_cpu = device is None or torch.device(device).type == "cpu"
-    return "eager" if on_cpu and config.max_length <= EAGER_ON_CPU_UP_TO else None
+    bf16 = config.dtype == "bfloat16" or config.mixed_precision == "bf16"
+    return "eager" if on_cpu and bf16 and config.max_length <= EAGER_ON_CPU_UP_TO else None
 
 
 def load_objective(config: TrainConfig, device: torch.device | str | None = None,
