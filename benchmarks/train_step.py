@@ -10,8 +10,9 @@ column is "today's l2v": the l2v of commit ``--baseline`` (the code that trained
 the step-time work of issue 15), run from a temporary git worktree, in each precision.
 
     python benchmarks/train_step.py [--repeats 2] [--steps 3] [--mntp-batch 16 --mntp-length 128]
-                                    [--simcse-batch 32 --simcse-length 64]
-Results go to benchmarks/results/train_step.json.
+                                    [--simcse-batch 32 --simcse-length 64] [--stages mntp,simcse]
+                                    [--precisions float32,bfloat16] [--result train_step]
+Results go to benchmarks/results/train_step.json (or RESULT.json with --result RESULT).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--stages", default="mntp,simcse")
     parser.add_argument("--baseline", default=BASELINE,
                         help="the l2v commit to time as 'today's l2v' (checked out into a temporary worktree)")
+    parser.add_argument("--result", default="train_step", help="results file name under benchmarks/results/ (.json)")
     parser.add_argument("--precisions", default="float32,bfloat16",
                         help="l2v base-weight precisions to time (the official package runs in float32 only)")
     args = parser.parse_args()
@@ -139,14 +141,15 @@ def main() -> None:
             "padded_tokens_one_batch": len(items) * max(len(i["input_ids"]) for i in items),
             "median_step_seconds": median, "speedup_vs_llm2vec": speedups,
             "speedup_vs_baseline_l2v": versus_baseline, "baseline_commit": args.baseline,
-            "loss_no_dropout": losses, "loss_gap_float32": abs(losses["l2v"] - losses["llm2vec"]),
+            "loss_no_dropout": losses,
+            "loss_gap_float32": abs(losses["l2v"] - losses["llm2vec"]) if "l2v" in losses else None,
             "trainable_parameters": {name: rs[0]["trainable_parameters"] for name, rs in runs.items()},
             "peak_rss_mb": {name: max(r["peak_rss_mb"] for r in rs) for name, rs in runs.items()},
             "runs": runs,
         }
         print(f"== {stage}: " + ", ".join(f"{n} {m:.2f} s/step" for n, m in median.items())
               + f"; l2v vs {args.baseline[:7]}: {versus_baseline}", flush=True)
-    path = write_result("train_step", {
+    path = write_result(args.result, {
         "model": "smollm2-135m (bidirectional, LoRA r=16; base weights float32 or as the column says)", "steps_timed_per_run": args.steps, "repeats": args.repeats,
         "results": results, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
