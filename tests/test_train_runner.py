@@ -791,6 +791,9 @@ def test_training_attention_auto_and_kernel_switches_resume_one_run(tmp_path, ti
         config(dtype="bfloat16", attn_implementation="sdpa", lora={"r": 4, "alpha": 8, "compute_in_base_dtype": False}))
     with pytest.raises(L2VError, match="attn_implementation must be"):
         config(attn_implementation="")
+    with pytest.raises(L2VError, match="attn_implementation must be one of auto, eager, .*sdpa.*got 'spda'"):
+        config(attn_implementation="spda")
+    assert config(attn_implementation="kernels-community/flash-attn").attn_implementation == "kernels-community/flash-attn"
     eager = train(load_config(write_config(tmp_path / "e", tiny_llama_folder, "mntp", steps=2, dtype="bfloat16")),
                   show_progress=False, log=lambda *_: None)
     sdpa = train(load_config(write_config(tmp_path / "s", tiny_llama_folder, "mntp", steps=2, dtype="bfloat16",

@@ -188,9 +188,11 @@ def validate(config: "TrainConfig", source: str, prefix: str = "") -> None:
         raise L2VError(f"{source}: {prefix}dtype must be one of {', '.join(TRAIN_DTYPES)}, got {config.dtype!r}{hint}")
     if config.mixed_precision not in MIXED_PRECISIONS:
         raise L2VError(f"{source}: {prefix}mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {config.mixed_precision!r}")
-    if not isinstance(config.attn_implementation, str) or not config.attn_implementation:
-        raise L2VError(f"{source}: {prefix}attn_implementation must be 'auto' or a transformers attention implementation "
-                       f"(eager, sdpa, flash_attention_2, ...), got {config.attn_implementation!r}")
+    known = attention_implementations()
+    value = config.attn_implementation
+    if not isinstance(value, str) or not (value in known or "/" in value):  # "org/name": a hub kernel
+        raise L2VError(f"{source}: {prefix}attn_implementation must be one of {', '.join(known)} (or a hub kernel "
+                       f"'org/name'), got {value!r}")
     if not isinstance(config.trackers, list) or not all(isinstance(t, str) for t in config.trackers):
         raise L2VError(f"{source}: {prefix}trackers must be a list of tracker names (e.g. [tensorboard]), got {config.trackers!r}")
     if not config.data.train and not config.data.hub:
@@ -211,6 +213,13 @@ def validate(config: "TrainConfig", source: str, prefix: str = "") -> None:
     if not isinstance(config.data.min_words, int) or isinstance(config.data.min_words, bool) or config.data.min_words < 0:
         raise L2VError(f"{source}: {prefix}data.min_words must be a non-negative integer, got {config.data.min_words!r}")
     coerce_numbers(config, f"{source}: {prefix.rstrip('.')}" if prefix else source)
+
+
+def attention_implementations() -> list[str]:
+    """'auto', 'eager' and every attention implementation registered in transformers."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ["auto", "eager", *sorted(ALL_ATTENTION_FUNCTIONS.keys())]
 
 
 TRAIN_DTYPES = ("float32", "bfloat16")

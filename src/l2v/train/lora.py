@@ -6,16 +6,16 @@ over hidden-size or MLP-size inputs, about 230 million elements per forward of a
 a CPU, ``nn.Dropout`` draws a 32-bit random number per element with ``bernoulli_``, about a fifth of a training
 step (benchmarks/results/profile_step.md). :class:`Dropout` draws only the dropped positions: in a Bernoulli
 process the gaps between successive drops are independent geometric variables, so p x n uniforms (one per drop,
-through the inverse of the geometric distribution) give exactly the same distribution as n Bernoulli draws - 20
-times fewer random numbers at p = 0.05. Survivors are scaled by 1 / (1 - p). On a GPU, torch's fused dropout is kept.
+through the inverse of the geometric distribution) give the distribution of n Bernoulli draws (to the 2^-24
+resolution of float32 uniforms) - 20 times fewer random numbers at p = 0.05. Survivors are scaled by 1 / (1 - p). On a GPU, torch's fused dropout is kept.
 
 With the base weights in bf16, peft casts each adapted projection's input up to float32 to meet the adapter's
 float32 weights, runs LoRA in float32 and casts the sum back: copies and float32 element-wise work on every
 projection of every layer, in forward and backward. :func:`compute_in_base_dtype` keeps the adapter's weights
 (the optimizer's master copy) in float32 and instead casts them, a few thousand numbers per projection, to the
 input's dtype in the forward: LoRA's products run in bf16, as under bf16 autocast, and the gradients reach the
-float32 weights through the cast. About 18 % off a training step on this CPU, MNTP and SimCSE alike
-(benchmarks/step_ab.py); a no-op when the model is float32.
+float32 weights through the cast. About 18 % off a training step on this CPU, MNTP and SimCSE alike (paired
+steps, this change alone; benchmarks/step_ab.py times it with the other changes); a no-op when the model is float32.
 """
 
 from __future__ import annotations
