@@ -99,6 +99,11 @@ def test_massive_activation_layer_is_the_largest_jump():
     assert massive_activation_layer(states, mask) == 3
     flat = [torch.ones(1, 4, 3) * v for v in (1.0, 2.0, 3.0, 4.0, 50.0)]  # no jump of 4x before the final norm
     assert massive_activation_layer(flat, mask) == 0
+    # embeddings -> first layer is a change of scale, not massive activations: never the split (SmolLM2 encoders:
+    # 1.0 -> 35 there, then the real jump, 133 -> 3111, at layer 12)
+    scale = [torch.ones(1, 4, 3) * v for v in (1.0, 35.0, 40.0, 130.0, 3100.0, 3120.0, 7000.0)]
+    assert massive_activation_layer(scale, mask) == 4
+    assert massive_activation_layer([torch.ones(1, 4, 3) * v for v in (1.0, 35.0, 40.0, 41.0, 9.0)], mask) == 0
 
 
 def test_eval_fingerprint_tells_mixed_from_float32(tiny_llama_folder, tmp_path):
@@ -114,3 +119,35 @@ def test_unknown_dtype_names_the_choices(tiny_llama_folder):
 
     with pytest.raises(L2VError, match="auto, mixed, float32"):
         Encoder.from_pretrained(str(tiny_llama_folder), dtype="int3")
+
+
+def _mapped_ranges(path) -> list[tuple[int, int]]:
+    """The address ranges at which this process maps ``path`` (Linux /proc/self/maps)."""
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5] == str(path):
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((low, high))
+    return ranges
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_mixed_weights_do_not_keep_the_mapped_weights_file(tiny_llama_folder):
+    """transformers maps the safetensors file and float32 parameters are views of it; after mixed's cast the float32
+    parameters get their own memory so the file's pages (half of them now unused) can go."""
+    weights_file = (tiny_llama_folder / "model.safetensors").resolve()
+
+    def in_file(encoder) -> int:
+        ranges = _mapped_ranges(weights_file)
+        return sum(any(low <= p.data_ptr() < high for low, high in ranges) for p in encoder.model.parameters())
+
+    plain = Encoder.from_pretrained(str(tiny_llama_folder))
+    assert in_file(plain) > 0  # the premise: a float32 load leaves parameters in the mapped file
+    mixed = Encoder.from_pretrained(str(tiny_llama_folder), dtype="mixed")
+    assert in_file(mixed) == 0
+    tied = mixed.model.get_input_embeddings().weight
+    assert tied.dtype == torch.float32 and tied.is_leaf
+    a, b = plain.encode(TEXTS), mixed.encode(TEXTS)
+    assert (a * b).sum(-1).min() >= 0.999
