@@ -22,7 +22,7 @@ def test_mixed_keeps_the_embedding_for_every_family(tmp_path, family):
     a, b = reference.encode(TEXTS + CALIBRATION[:8]), mixed.encode(TEXTS + CALIBRATION[:8])
     plan = mixed.precision
     assert plan is not None  # random tiny models have no massive activations: bfloat16 from an early layer passes
-    assert 0 <= plan.float32_layers < plan.layers and plan.calibration_cosine >= 0.9995
+    assert 0 <= plan.float32_layers < plan.layers and plan.calibration_cosine >= 0.9999
     assert not np.array_equal(a, b)  # it really computed differently
     assert (a * b).sum(-1).min() >= 0.999
     # the bfloat16 layers store bfloat16 linear weights; the float32 layers and the norms stay float32

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-CHECK_COSINE = 0.9995  # the calibration check; the published contract (STS-B test sentences) is >= 0.999
+# The calibration check. The published contract (STS-B test sentences) is >= 0.999; 32 calibration texts see less
+# of the tail than 2,758 test sentences do (the -sup encoder split at layer 1: 0.99979 here, 0.9983 on 800 STS-B
+# test sentences), so the check is stricter than the contract (the splits SmolLM2's encoders get: 0.99994-0.99995).
+CHECK_COSINE = 0.9999
 FLOAT32_ATTENTION = "l2v_sdpa_float32"
 
 # Calibration texts: short and long, statements and questions, with and without final punctuation, numbers,
