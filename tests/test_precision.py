@@ -1,6 +1,8 @@
 """Mixed precision (``dtype="mixed"``): float32 up to the massive-activation layer, bfloat16 products after, checked
 against float32 at load; generic over decoder families; ``auto`` picks it only with native bfloat16."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -133,7 +135,7 @@ def _mapped_ranges(path) -> list[tuple[int, int]]:
     return ranges
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
 def test_mixed_weights_do_not_keep_the_mapped_weights_file(tiny_llama_folder):
     """transformers maps the safetensors file and float32 parameters are views of it; after mixed's cast the float32
     parameters get their own memory so the file's pages (half of them now unused) can go."""

@@ -7,7 +7,8 @@ a CPU, ``nn.Dropout`` draws a 32-bit random number per element with ``bernoulli_
 step (benchmarks/results/profile_step.md). :class:`Dropout` draws only the dropped positions: in a Bernoulli
 process the gaps between successive drops are independent geometric variables, so p x n uniforms (one per drop,
 through the inverse of the geometric distribution) give the distribution of n Bernoulli draws (to the 2^-24
-resolution of float32 uniforms) - 20 times fewer random numbers at p = 0.05. Survivors are scaled by 1 / (1 - p). On a GPU, torch's fused dropout is kept.
+resolution of float32 uniforms) - 20 times fewer random numbers at p = 0.05. Survivors are scaled by 1 / (1 - p).
+On a GPU, torch's fused dropout is kept.
 
 With the base weights in bf16, peft casts each adapted projection's input up to float32 to meet the adapter's
 float32 weights, runs LoRA in float32 and casts the sum back: copies and float32 element-wise work on every
