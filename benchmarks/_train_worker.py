@@ -1,7 +1,7 @@
 """Time training steps of l2v or of the official llm2vec 0.2.3 training code, in this process.
 
-``python _train_worker.py {l2v|llm2vec} {mntp|simcse} MODEL_FOLDER BATCH.json STEPS [--threads=N] [--dtype=bfloat16]
-[--mixed=bf16]`` (an older l2v runs when its ``src`` is first on PYTHONPATH)
+``python _train_worker.py {l2v|llm2vec} {mntp|simcse} MODEL_FOLDER BATCH.json STEPS [--warmup=N] [--threads=N]
+[--dtype=bfloat16] [--mixed=bf16]`` (an older l2v runs when its ``src`` is first on PYTHONPATH)
 
 BATCH.json holds token ids (and, for MNTP, the masked labels) made once by benchmarks/train_step.py, so both
 libraries see the very same inputs. The official side is set up the way its experiments/run_mntp.py and
@@ -11,7 +11,7 @@ LoRA r=16, alpha=32, dropout 0.05 on all attention and MLP projections of the in
 attention dropout 0.3 for SimCSE. l2v runs its own training objective (``l2v.train.runner.load_objective``).
 
 Prints one JSON line: the loss with dropout off (the same weights, so it must agree across libraries), the
-per-step seconds (one warm-up step, then STEPS timed steps of forward + backward + AdamW), peak RSS.
+per-step seconds (``--warmup`` untimed steps, default 1, then STEPS timed steps of forward + backward + AdamW), peak RSS.
 """
 
 from __future__ import annotations
@@ -145,8 +145,9 @@ def main() -> None:
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer_for(parameters) if optimizer_for else torch.optim.AdamW(parameters, lr=5e-5)
+    warmup = int(([a.split("=", 1)[1] for a in sys.argv if a.startswith("--warmup=")] or ["1"])[0])
     times, losses = [], []
-    for step in range(int(steps) + 1):
+    for step in range(int(steps) + warmup):
         begin = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         value = loss()
@@ -154,9 +155,9 @@ def main() -> None:
         optimizer.step()
         elapsed = time.perf_counter() - begin
         losses.append(float(value))
-        if step > 0:  # the first step pays one-off allocations
+        if step >= warmup:  # the first steps pay one-off allocations and kernel choices
             times.append(elapsed)
-    print(json.dumps({"library": library, "stage": stage, "dtype": dtype, "mixed": mixed, "eval_loss": eval_loss, "train_losses": losses,
+    print(json.dumps({"library": library, "stage": stage, "dtype": dtype, "mixed": mixed, "eval_loss": eval_loss, "train_losses": losses, "warmup_steps": warmup,
                       "step_seconds": times, "median_step_seconds": statistics.median(times),
                       "trainable_parameters": sum(p.numel() for p in parameters),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

