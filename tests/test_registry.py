@@ -76,3 +76,18 @@ def test_unreachable_hub_fails_at_once(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(ModelNotFoundError, match="cannot be reached and the model is not in the local cache"):
         registry.resolve("someone/some-model")
+
+
+def test_atomic_writes_do_not_touch_the_other_files_of_their_folder(tmp_path):
+    """An atomic write flushes its own file and its folder's entry, not every file beside it: ranks of a corpus job
+    write shards into one folder, and another rank's temporary file can vanish (renamed) at any moment; a dangling
+    link stands in for such a file here (opening it fails as opening a vanished file does)."""
+    from l2v.fileio import atomic_path
+
+    os.symlink(tmp_path / "gone.tmp", tmp_path / ".shard-00007.npz.abc.tmp")
+    with atomic_path(tmp_path / "shard-00000.npz") as tmp:
+        tmp.write_bytes(b"data")
+    assert (tmp_path / "shard-00000.npz").read_bytes() == b"data"
+    with atomic_dir(tmp_path / "encoder") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert (tmp_path / "encoder" / "config.json").read_text() == "{}"

@@ -20,12 +20,15 @@ import numpy as np
 from .errors import InputFileError
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or every file under a folder and the folder itself, to disk: a rename is only atomic on a
-    power loss if what it renames is already there."""
-    paths = [*path.rglob("*"), path] if path.is_dir() else [path]
+def _fsync(path: Path, tree: bool = True) -> None:
+    """Flush a file, or every file under a folder and the folder itself (``tree=False``: the folder's own entries
+    only), to disk: a rename is only atomic on a power loss if what it renames is already there."""
+    paths = [*path.rglob("*"), path] if tree and path.is_dir() else [path]
     for item in paths:
-        fd = os.open(item, os.O_RDONLY)
+        try:
+            fd = os.open(item, os.O_RDONLY)
+        except FileNotFoundError:  # renamed or removed meanwhile (another writer's temporary file)
+            continue
         try:
             os.fsync(fd)
         except OSError:  # some file systems refuse fsync on folders
@@ -49,7 +52,7 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes files private; outputs should read like any other
         _fsync(tmp_path)
         os.replace(tmp_path, destination)
-        _fsync(destination.parent)
+        _fsync(destination.parent, tree=False)  # the rename itself; not every file beside it
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -75,7 +78,7 @@ def atomic_dir(destination: str | os.PathLike, overwrite: bool = False) -> Itera
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, destination)
-        _fsync(destination.parent)
+        _fsync(destination.parent, tree=False)  # the rename itself; not every file beside it
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -250,6 +250,7 @@ def calibrate(encoder, texts: list[str] | None = None, threshold: float = CHECK_
         reference, output = encoder(features, output_hidden_states=True)
     reference = torch.nn.functional.normalize(reference.float(), dim=-1)
     start = massive_activation_layer(list(output.hidden_states), features["attention_mask"].to(device))
+    del output  # every layer's states (~55 MB for SmolLM2): gone before the memory is handed back below
     _register_float32_attention()
     restore = _set_attention_implementation(encoder.model, FLOAT32_ATTENTION)
     plan = MixedPrecision(float32_layers=start, layers=total, device_type=device.type)
