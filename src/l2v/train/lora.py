@@ -173,7 +173,8 @@ def _fused_class():
             if not all(isinstance(f, InputDtypeLinear) and f.bias is None for f in factors):
                 return None
             dropout = self.lora_dropout[name]
-            if not isinstance(dropout, (Dropout, torch.nn.Identity)) and not (isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.0):
+            no_dropout = isinstance(dropout, torch.nn.Identity) or (isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.0)
+            if not (isinstance(dropout, Dropout) or no_dropout):
                 return None
             return name
 
