@@ -63,8 +63,15 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.bool) -> t
     return mask.index_fill_(0, drop_positions(count, p), 0).view(shape)
 
 
+def drop_elements(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` with each element set to 0 with probability p (positions from :func:`drop_positions`), survivors
+    *not* rescaled: a copy of ``x`` and a sparse fill, no mask tensor and no multiplication."""
+    flat = x.reshape(-1)
+    return flat.index_fill(0, drop_positions(flat.numel(), p), 0).view(x.shape)
+
+
 class Dropout(torch.nn.Module):
-    """``nn.Dropout`` whose mask is drawn by :func:`keep_mask` on CPU (``F.dropout`` elsewhere)."""
+    """``nn.Dropout`` whose drops are drawn by :func:`drop_elements` on CPU (``F.dropout`` elsewhere)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -77,8 +84,8 @@ class Dropout(torch.nn.Module):
             return x
         if x.device.type != "cpu":
             return torch.nn.functional.dropout(x, self.p, True)
-        # the 0/1 mask in x's dtype, the scale applied after (in float arithmetic, rounded once per element)
-        return (x * keep_mask(x.shape, self.p, x.dtype)).mul_(1.0 / (1.0 - self.p))
+        # the scale applied after the drops (in float arithmetic, rounded once per element)
+        return drop_elements(x, self.p).mul_(1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -118,13 +125,6 @@ def compute_in_base_dtype(model) -> int:
                 factors[name] = swapped
         changed += 1
     return changed
-
-
-def drop_elements(x: torch.Tensor, p: float) -> torch.Tensor:
-    """``x`` with each element set to 0 with probability p (positions from :func:`drop_positions`), survivors
-    *not* rescaled: a copy of ``x`` and a sparse fill, no mask tensor and no multiplication."""
-    flat = x.reshape(-1)
-    return flat.index_fill(0, drop_positions(flat.numel(), p), 0).view(x.shape)
 
 
 def _fused_class():
