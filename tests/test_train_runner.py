@@ -1,6 +1,7 @@
 """The training loop: each stage runs end to end on a tiny model, a SIGKILLed run resumes to the same losses,
 bad configs and data fail before training, and the result loads as an encoder."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from l2v import Encoder
@@ -770,6 +772,46 @@ def test_set_overrides_any_key_and_names_bad_ones(tmp_path, tiny_llama_folder):
         load_config(path, settings=["lora.rank=8"])
     result = cli("train", "simcse", "--config", path, "--set", "batch_size=0", "--no-progress")
     assert result.returncode == 2 and "batch_size must be a positive integer" in result.stderr
+
+
+def test_length_groups_by_device_and_config_give_the_same_loss(tmp_path, tiny_llama_folder):
+    """A batch runs in length groups of >= 256 padded positions on a CPU and as one group (up to 65,536) on a GPU
+    (kernel launches, not padding, bound a small model's GPU step); group_min_tokens overrides, is checked, and is
+    not part of a run's signature. Without dropout every grouping gives the same MNTP, SimCSE and supervised loss."""
+    from l2v.batching import group_min_tokens
+    from l2v.train.runner import config_signature, load_objective
+
+    assert group_min_tokens("cpu") == 256 and group_min_tokens(torch.device("cpu")) == 256
+    assert group_min_tokens("cuda") == group_min_tokens("cuda:1") == group_min_tokens("mps") == 65536
+    with pytest.raises(L2VError, match="group_min_tokens must be a positive integer"):
+        load_config(write_config(tmp_path / "bad", tiny_llama_folder, "mntp", group_min_tokens=0))
+    texts = ["a b " * n + "end" for n in (1, 12, 3, 7, 2, 9)]  # lengths 3 to 26 tokens: several groups of 16+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": t, "positive": t[::-1]}) + "\n" for t in texts))
+    for stage in ("mntp", "simcse", "supervised"):
+        extra = {"lora": {"dropout": 0.0}, "contrastive": {"attention_dropout": 0.0}, "max_length": 32}
+        if stage == "supervised":
+            extra["data"] = {"train": str(pairs)}
+        configs = {tokens: load_config(write_config(tmp_path / f"{stage}{tokens}", tiny_llama_folder, stage,
+                                                    group_min_tokens=tokens, **extra)) for tokens in (None, 1, 10_000)}
+        assert len({config_signature(dataclasses.replace(configs[None], group_min_tokens=t)) for t in configs}) == 1
+        results = {}
+        for tokens, config in configs.items():
+            torch.manual_seed(0)
+            objective = load_objective(config)
+            assert objective.group_min_tokens() == (256 if tokens is None else tokens)
+            calls = []
+
+            def forward(features, *args, _encoder=objective.encoder, **kwargs):
+                calls.append(features["input_ids"].shape[0])
+                return _encoder(features, *args, **kwargs)
+
+            loss = objective.loss(forward, texts if stage != "supervised" else objective.examples[:6], seed=5)
+            results[tokens] = (loss.item(), len(calls))
+        assert results[10_000][1] == (1 if stage != "supervised" else 2)  # one group (per role)
+        assert results[1][1] > results[10_000][1]
+        assert results[None][0] == pytest.approx(results[1][0], rel=1e-4)
+        assert results[10_000][0] == pytest.approx(results[1][0], rel=1e-4)
 
 
 def test_training_attention_auto_and_kernel_switches_resume_one_run(tmp_path, tiny_llama_folder):

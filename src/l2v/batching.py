@@ -34,6 +34,20 @@ def token_budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: in
     return batches
 
 
+# A training batch's length groups hold at least this many padded positions (``length_groups``). On a CPU, padding
+# is compute: small groups with little padding are fastest. On a GPU a 135M model's step is bound by kernel
+# launches (each group is a whole forward and backward: ~23k operator calls per SmolLM2 step for one group of an
+# MNTP 32 x 512 batch, ~154k for its ~7 groups, benchmarks/results/step_launches.json), so a batch stays one padded
+# group up to 65,536 positions (the paper recipes' 32 x 512 and 2 x 128 x 128 batches are one group each).
+GROUP_MIN_TOKENS = {"cpu": 256}
+GROUP_MIN_TOKENS_ACCELERATOR = 65536
+
+
+def group_min_tokens(device: torch.device | str) -> int:
+    """The ``min_tokens`` of :func:`length_groups` for training on ``device`` (see ``GROUP_MIN_TOKENS``)."""
+    return GROUP_MIN_TOKENS.get(torch.device(device).type, GROUP_MIN_TOKENS_ACCELERATOR)
+
+
 def length_groups(lengths: Sequence[int], max_padding: float = 0.15, min_tokens: int = 256) -> list[list[int]]:
     """Indices longest first, grouped for training: a group grows while its padded size is within
     ``1 + max_padding`` of its real tokens, or while it holds fewer than ``min_tokens`` padded positions (so the

@@ -88,6 +88,10 @@ class TrainConfig:
     # with max_length <= 128 (transformers' eager attention trains faster there than the SDPA kernel), else the
     # model's default. Not saved with the encoder: encoding picks its own.
     attn_implementation: str = "auto"
+    # a batch runs as length groups (one forward each, padded within a group) that hold at least this many padded
+    # positions; None: by device, 256 on a CPU (padding is compute), 65,536 on a GPU (each group's kernel launches
+    # cost more than padding). Changes only float rounding, not the loss: a run may resume with another value.
+    group_min_tokens: int | None = None
     # shard the frozen base and the LoRA weights over the processes (FSDP2, by accelerate) instead of copying them
     # to each (DDP): for bases that do not fit one device; also on with `accelerate launch --use_fsdp`
     fsdp: bool = False
@@ -181,6 +185,9 @@ def validate(config: "TrainConfig", source: str, prefix: str = "") -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise L2VError(f"{source}: {prefix}{name} must be a positive integer, got {value!r}")
+    value = config.group_min_tokens
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise L2VError(f"{source}: {prefix}group_min_tokens must be a positive integer (or null: by device), got {value!r}")
     if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
         raise L2VError(f"{source}: {prefix}warmup_steps must be a non-negative integer, got {config.warmup_steps!r}")
     if config.dtype not in TRAIN_DTYPES:

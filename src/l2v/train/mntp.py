@@ -157,4 +157,4 @@ class MntpObjective(Objective):
 
     def loss(self, forward, batch: list[str], seed: int) -> torch.Tensor:
         return mntp_loss_grouped(forward, self.encoder.lm_head, self.mask(batch, seed), self.encoder.tokenizer.pad_token_id,
-                                 self.encoder.logit_softcap)
+                                 self.encoder.logit_softcap, min_tokens=self.group_min_tokens())

@@ -56,6 +56,14 @@ class Objective:
         """The loss of this process's ``batch`` (examples), with ``seed`` for any randomness of the step."""
         raise NotImplementedError
 
+    def group_min_tokens(self) -> int:
+        """``min_tokens`` of the length groups a batch runs in: the config's, else by the device the encoder's
+        weights are on at the step (``l2v.batching.group_min_tokens``)."""
+        from ..batching import group_min_tokens
+
+        chosen = getattr(self.config, "group_min_tokens", None)
+        return int(chosen) if chosen is not None else group_min_tokens(self.encoder.device)
+
     def contrastive_temperature(self) -> float:
         chosen = self.config.contrastive.temperature
         if chosen is not None:

@@ -166,7 +166,7 @@ def config_signature(config: TrainConfig) -> str:
     # none of these changes a step beyond float rounding (FSDP and DDP checkpoints are the same files; the attention
     # kernel and LoRA's bf16 products round differently), so a run may resume across them
     for key in ("steps", "output", "save_every", "log_every", "encoder_max_length", "gradient_checkpointing", "trackers",
-                "dev", "fsdp", "attn_implementation"):
+                "dev", "fsdp", "attn_implementation", "group_min_tokens"):
         values.pop(key)
     values["lora"].pop("compute_in_base_dtype")
     # the adapters trained on top of are named by their contents, not only their path: a retrained MNTP adapter

@@ -43,14 +43,16 @@ def set_dropout(model, attention_dropout: float | None = None, hidden_dropout: f
                 module.p = hidden_dropout
 
 
-def simcse_loss(forward, collate, tokenized, temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
+def simcse_loss(forward, collate, tokenized, temperature: float = 0.05, gather: bool = True,
+                min_tokens: int = 256) -> torch.Tensor:
     """Each text twice in one forward pass of 2B rows, in training mode: the two copies get independent dropout
     masks, which makes the two views (one pass of twice the rows instead of two passes: larger matrix products,
     half the per-pass overhead; with dropout off, exactly the two passes' loss).
 
     ``forward`` is the encoder's forward, ``collate`` its collate; ``tokenized`` a list of ``Tokenized`` texts (run
-    in length groups, see ``l2v.batching``; a text and its copy have the same length, so they share a group)."""
-    both = embed_in_groups(forward, collate, list(tokenized) + list(tokenized))
+    in length groups of at least ``min_tokens`` padded positions, see ``l2v.batching``; a text and its copy have the
+    same length, so they share a group)."""
+    both = embed_in_groups(forward, collate, list(tokenized) + list(tokenized), min_tokens=min_tokens)
     first, second = both[: len(tokenized)], both[len(tokenized):]
     return info_nce(first, second, temperature, gather)
 
@@ -68,4 +70,4 @@ class SimcseObjective(Objective):
 
     def loss(self, forward, batch: list[str], seed: int) -> torch.Tensor:
         return simcse_loss(forward, self.encoder.collate, self.encoder.tokenize(batch), self.contrastive_temperature(),
-                           self.config.contrastive.gather_negatives)
+                           self.config.contrastive.gather_negatives, self.group_min_tokens())

@@ -108,7 +108,8 @@ class SupervisedObjective(Objective):
         tokenized = [encoder.tokenize(role) for role in roles]
         chunk = config.contrastive.chunk_size
         if not chunk:
-            return loss_fn(*[embed_in_groups(forward, encoder.collate, role) for role in tokenized])
+            return loss_fn(*[embed_in_groups(forward, encoder.collate, role, min_tokens=self.group_min_tokens())
+                             for role in tokenized])
         # GradCache chunks cut from each role sorted by length (little padding per chunk); the loss sees the
         # embeddings back in batch order, so pairs and in-batch negatives are unchanged.
         groups, orders = [], []
