@@ -22,6 +22,7 @@ from .batching import pad, token_budget_batches
 from .bidirectional import CAUSAL, AttentionState, is_bidirectional, model_family, model_inputs, set_attention
 from .errors import L2VError, ModelNotFoundError
 from .fileio import atomic_dir
+from .memory import CPU_FEED_FORWARD_ROWS, chunk_feed_forward, release_free_memory
 from .pooling import build_pooling, canonical_pooling
 from .precision import autocast_for
 from .registry import resolve
@@ -296,6 +297,7 @@ class Encoder(torch.nn.Module):
         if weights:
             backbone.to(device)
         backbone.eval()
+        chunk_feed_forward(backbone, CPU_FEED_FORWARD_ROWS)  # inference on a CPU only (l2v/memory.py)
         attention = set_attention(backbone, config.bidirectional, verify=verify_bidirectional and weights)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -325,6 +327,8 @@ class Encoder(torch.nn.Module):
 
             plan = calibrate(encoder)
             encoder.dtype_choice = "mixed" if plan is not None else "float32"
+        elif weights and torch.device(device).type == "cpu":
+            release_free_memory()  # e.g. the float32 copies a bfloat16 load cast from
         return encoder
 
     @property

@@ -201,16 +201,12 @@ def _release_loaded_file(model: torch.nn.Module) -> None:
     mixed weights need. Copying the float32 tensors (parameters keep their identity, so tied weights stay tied)
     lets the mapping go; the allocator is then asked to return freed pages (glibc). A no-op in effect when the
     weights were not mapped."""
-    import gc
+    from .memory import release_free_memory
 
     for tensor in (*model.parameters(), *model.buffers()):
         if tensor.dtype == torch.float32 and tensor.device.type == "cpu":
             tensor.data = tensor.data.clone()
-    gc.collect()
-    with contextlib.suppress(Exception):  # not glibc (macOS, musl): nothing to trim
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_memory()
 
 
 MASSIVE_JUMP = 4.0  # the largest activation grows at least this much in one layer: massive activations form there

@@ -1,0 +1,89 @@
+"""Memory while encoding on a CPU: what a forward keeps beyond the weights, made small.
+
+A decoder layer's feed-forward block holds several [tokens x MLP size] tensors at once (the gate and up
+projections, the activation, their product): for SmolLM2-135M's longest batch of STS-B sentences (32 x 56 tokens)
+about 11 MB each in float32, the largest transient of the whole forward. The allocator keeps that working set
+after the batch, so it stays in the process's memory. The block works on each position alone, so
+:func:`chunk_feed_forward` runs it over at most ``rows`` positions at a time at inference (no autograd): the same
+numbers (each position's products are computed as before; benchmarks/precision.py checks the embeddings), a
+smaller working set. Training (autograd on) and other devices (a GPU's matrix products want many rows; not
+measured there) run the block whole.
+
+:func:`release_free_memory` asks the C library to hand back freed heap pages after a load (casting float32 weights
+to bfloat16 frees the float32 copies, which glibc otherwise keeps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import torch
+
+FEED_FORWARD_NAMES = ("mlp", "feed_forward", "ffn")
+CPU_FEED_FORWARD_ROWS = 512  # benchmarks/precision.py: ~30 MB less encoding peak on SmolLM2, time within noise
+
+_CHUNKED: dict[type, type] = {}
+
+
+def _chunked_class(cls: type) -> type:
+    """``cls`` with a forward that runs over row chunks when autograd is off (made once per class)."""
+    if cls in _CHUNKED:
+        return _CHUNKED[cls]
+
+    def forward(self, hidden: torch.Tensor, *args, **kwargs):
+        rows = self.l2v_chunk_rows
+        count = hidden.numel() // hidden.shape[-1] if hidden.dim() >= 2 else 0
+        if args or kwargs or torch.is_grad_enabled() or not rows or count <= rows or hidden.device.type != "cpu":
+            return cls.forward(self, hidden, *args, **kwargs)
+        flat = hidden.reshape(1, count, hidden.shape[-1])
+        first = cls.forward(self, flat[:, :rows])
+        if not torch.is_tensor(first) or first.shape[:-1] != (1, rows):  # e.g. a router's (states, logits): whole
+            self.l2v_chunk_rows = 0
+            return cls.forward(self, hidden)
+        output = first.new_empty((1, count, first.shape[-1]))
+        output[:, :rows] = first
+        del first
+        for start in range(rows, count, rows):
+            output[:, start:start + rows] = cls.forward(self, flat[:, start:start + rows])
+        return output.view(*hidden.shape[:-1], output.shape[-1])
+
+    chunked = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                          "__qualname__": f"{cls.__qualname__}[row-chunked]"})
+    _CHUNKED[cls] = chunked
+    return chunked
+
+
+def chunk_feed_forward(model: torch.nn.Module, rows: int | None) -> int:
+    """Run every decoder layer's feed-forward block (its ``mlp`` / ``feed_forward`` / ``ffn`` child) over at most
+    ``rows`` positions at a time when autograd is off; ``rows`` None or 0 switches it off again. The module keeps
+    its parameters, state dict and ``isinstance``; returns how many blocks were changed. A block whose output is
+    not the states alone (a mixture-of-experts block returning router logits too) is run whole from its first call
+    on."""
+    from .precision import decoder_layers
+
+    try:
+        layers = decoder_layers(model)
+    except ValueError:
+        return 0
+    changed = 0
+    for layer in layers:
+        for name in FEED_FORWARD_NAMES:
+            block = getattr(layer, name, None)
+            if not isinstance(block, torch.nn.Module):
+                continue
+            base = type(block).__mro__[1] if type(block) in _CHUNKED.values() else type(block)
+            block.__class__ = _chunked_class(base)
+            block.l2v_chunk_rows = int(rows) if rows else 0
+            changed += 1
+            break
+    return changed
+
+
+def release_free_memory() -> None:
+    """Collect garbage and ask glibc to return free heap pages to the system (no-op elsewhere)."""
+    gc.collect()
+    with contextlib.suppress(Exception):  # not glibc (macOS, musl): nothing to trim
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
