@@ -109,3 +109,24 @@ def test_chunks_cover_every_row_once(rows):
     x = torch.randn(2, 9, 3)
     with torch.inference_mode():
         assert torch.allclose(model.layers[1].mlp(x), torch.nn.functional.linear(x, model.layers[1].mlp.weight, model.layers[1].mlp.bias), atol=1e-6)
+
+
+def test_a_cpu_forward_holds_at_most_the_cap_and_the_embeddings_do_not_move(tiny_llama_folder, sentences, monkeypatch):
+    import l2v.encoder
+
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder))
+    assert l2v.encoder.CPU_FORWARD_TOKENS == 4096
+    texts = sentences * 3
+    whole = encoder.encode(texts, batch_size=64, max_tokens_per_batch=None)
+    sizes: list = []
+    encoder.model.register_forward_hook(lambda m, args, kwargs, out: sizes.append(kwargs["input_ids"].numel())
+                                        if "input_ids" in kwargs else None, with_kwargs=True)
+    monkeypatch.setattr(l2v.encoder, "CPU_FORWARD_TOKENS", 24)
+    capped = encoder.encode(texts, batch_size=64, max_tokens_per_batch=None)
+    longest = max(len(t.input_ids) for t in encoder.tokenize(texts))
+    assert sizes and len(sizes) > 1 and max(sizes) <= max(24, longest)
+    assert torch.allclose(torch.as_tensor(capped), torch.as_tensor(whole), atol=1e-6)
+    sizes.clear()
+    monkeypatch.setattr(l2v.encoder, "CPU_FORWARD_TOKENS", None)  # no cap: the caller's budget alone
+    encoder.encode(texts, batch_size=64, max_tokens_per_batch=None)
+    assert len(sizes) == 1

@@ -109,6 +109,13 @@ def _no_autograd(module: torch.nn.Module):
     return torch.no_grad() if isinstance(module, FSDPModule) else torch.inference_mode()
 
 
+# On a CPU a forward of more padded positions is no faster and holds more memory: 32 Wikipedia paragraphs of ~510
+# tokens in one 16,384-position batch add 352 MB at peak to a mixed-precision SmolLM2 (the attention's float32
+# scores of every text at once) and take 60 s; in batches of at most 4,096 positions 79 MB and 41 s
+# (benchmarks/encode_memory.py). None: no cap.
+CPU_FORWARD_TOKENS: int | None = 4096
+
+
 class Encoder(torch.nn.Module):
     """A decoder LLM used as a text encoder (LLM2Vec). ``Encoder.from_pretrained(...).encode(texts)``."""
 
@@ -517,7 +524,9 @@ class Encoder(torch.nn.Module):
         ``return_stats``, ``(embeddings, EncodeStats)``.
 
         The one place the model runs at inference: ``encode``, the server's micro-batcher and the corpus job all
-        come here. Identical inputs are run once (exact, since an embedding does not depend on its batch).
+        come here. Identical inputs are run once (exact, since an embedding does not depend on its batch). On a
+        CPU one forward holds at most ``CPU_FORWARD_TOKENS`` padded positions whatever ``max_tokens_per_batch``
+        allows (a text longer than that runs alone).
         """
         if batch_size < 1:
             raise L2VError(f"batch_size must be at least 1, got {batch_size}")
@@ -534,7 +543,10 @@ class Encoder(torch.nn.Module):
             distinct[row] = item
         dim = truncate_dim or size
         output = torch.empty((len(distinct), dim), dtype=torch.float32)
-        batches = token_budget_batches([len(t.input_ids) for t in distinct], batch_size, max_tokens_per_batch)
+        budget = max_tokens_per_batch
+        if CPU_FORWARD_TOKENS and self.device.type == "cpu" and (budget is None or budget > CPU_FORWARD_TOKENS):
+            budget = CPU_FORWARD_TOKENS
+        batches = token_budget_batches([len(t.input_ids) for t in distinct], batch_size, budget)
         was_training = self.training
         self.eval()
         progress = tqdm(total=len(distinct), desc="Encoding", unit="text", disable=not show_progress)

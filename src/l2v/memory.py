@@ -1,16 +1,17 @@
 """Memory while encoding on a CPU: what a forward keeps beyond the weights, made small.
 
-A decoder layer's feed-forward block holds several [tokens x MLP size] tensors at once (the gate and up
-projections, the activation, their product): for SmolLM2-135M's longest batch of STS-B sentences (32 x 56 tokens)
-about 11 MB each in float32, the largest transient of the whole forward. The allocator keeps that working set
-after the batch, so it stays in the process's memory. The block works on each position alone, so
-:func:`chunk_feed_forward` runs it over at most ``rows`` positions at a time at inference (no autograd): the same
-numbers (each position's products are computed as before; benchmarks/precision.py checks the embeddings), a
-smaller working set. Training (autograd on) and other devices (a GPU's matrix products want many rows; not
-measured there) run the block whole.
+A decoder layer's feed-forward block holds several [positions x MLP size] tensors at once (the gate and up
+projections, the activation, their product): for SmolLM2-135M and a batch of 32 texts of 512 tokens, about 100 MB
+each in float32, the largest transient of the forward after attention's scores. The block works on each position
+alone, so :func:`chunk_feed_forward` runs it over at most ``rows`` positions at a time at inference (no autograd):
+the same numbers (each position's products are computed as before), a smaller working set. Training (autograd on)
+and other devices (a GPU's matrix products want many rows; not measured there) run the block whole. With the CPU's
+per-forward token cap (``l2v.encoder.CPU_FORWARD_TOKENS``) it takes the peak rise of encoding 64 such texts from 594
+to 80 MB and the time from 65 to 45 s, embeddings unchanged (benchmarks/encode_memory.py); for short sentences
+(STS-B) neither binds.
 
 :func:`release_free_memory` asks the C library to hand back freed heap pages after a load (casting float32 weights
-to bfloat16 frees the float32 copies, which glibc otherwise keeps).
+to bfloat16 frees the float32 copies, which glibc otherwise keeps: about 20 MB for SmolLM2 in bfloat16).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import gc
 import torch
 
 FEED_FORWARD_NAMES = ("mlp", "feed_forward", "ffn")
-CPU_FEED_FORWARD_ROWS = 512  # benchmarks/precision.py: ~30 MB less encoding peak on SmolLM2, time within noise
+CPU_FEED_FORWARD_ROWS = 512  # benchmarks/encode_memory.py: 594 -> 441 MB peak rise on 32 x 512-token batches
 
 _CHUNKED: dict[type, type] = {}
 
