@@ -14,8 +14,9 @@
 # back-to-back calls, the second one running
 #   bash benchmarks/gpu_unpack.sh && L2V_DATA=.gpu/data PYTHON=python3 EXPORT=$OUT bash benchmarks/gpu_paper.sh /tmp/paper
 # (the run folder off $OUT, so a second call resumes it; EXPORT= brings the adapters and logs back).
-# Sized for about 8 minutes of an H200 (1000 + 1000 steps of a 135M model, each batch one padded group on a GPU:
-# benchmarks/results/gpu/README.md); the machine start comes on top. First tried there at ~2.5 s a step (7 groups).
+# Meant to fit 12 minutes of an H200 (1000 + 1000 steps of a 135M model, each batch one padded group on a GPU since
+# 2026-12-05: benchmarks/results/gpu/README.md; not yet confirmed there); the machine start comes on top. First
+# tried there at ~2.5 s a step (7 length groups per batch then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: gpu_paper.sh OUT [STEPS]}"

@@ -22,6 +22,8 @@ def test_a_cpu_load_chunks_feed_forward_blocks_and_keeps_every_embedding(tiny_ll
     keys = set(encoder.model.state_dict())
     whole = encoder.encode(sentences, batch_size=8)
     assert chunk_feed_forward(encoder.model, 3) == len(blocks)  # 3 rows: every batch of these texts is cut
+    encoder.encode(sentences, batch_size=8)  # each block's first chunked call is checked against a whole call
+    assert all(b.l2v_chunk_checked and b.l2v_chunk_rows == 3 for b in blocks)
     rows: list = []
     _calls(blocks[0].gate_proj, rows)
     chunked = encoder.encode(sentences, batch_size=8)
@@ -91,9 +93,47 @@ def test_chunked_blocks_copy_and_fall_back_for_blocks_that_return_more_than_stat
     assert chunk_feed_forward(torch.nn.Linear(2, 2), 4) == 0  # no decoder layers: nothing to do
 
 
-def test_release_free_memory_runs_anywhere():
-    release_free_memory()
-    release_free_memory()
+def test_release_free_memory_trims_on_glibc():
+    import platform
+
+    assert release_free_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_chunked_blocks_pickle_take_keywords_and_run_whole_when_positions_interact(tiny_llama_folder):
+    import pickle
+
+    encoder = Encoder.from_pretrained(str(tiny_llama_folder))
+    chunk_feed_forward(encoder.model, 2)
+    x = torch.randn(2, 5, encoder.model.config.hidden_size)
+    block = decoder_layers(encoder.model)[0].mlp
+    with torch.inference_mode():
+        expected = block(x)
+        copied = pickle.loads(pickle.dumps(encoder.model))
+        again = decoder_layers(copied)[0].mlp
+        assert type(again) is type(block) and again.l2v_chunk_rows == 2
+        assert torch.allclose(again(x), expected, atol=1e-6)
+
+    class Shift(torch.nn.Module):  # mixes positions: chunks differ from the whole call
+        def forward(self, hidden):
+            return torch.roll(hidden, 1, dims=-2)
+
+    class KeywordOnly(torch.nn.Module):
+        def forward(self, hidden_states):
+            return hidden_states * 2
+
+    for block_class in (Shift, KeywordOnly):
+        model = torch.nn.Module()
+        model.layers = torch.nn.ModuleList([torch.nn.Module(), torch.nn.Module()])
+        for layer in model.layers:
+            layer.mlp = block_class()
+        chunk_feed_forward(model, 3)
+        with torch.no_grad():
+            mlp = model.layers[0].mlp
+            if block_class is Shift:
+                assert torch.equal(mlp(x), torch.roll(x, 1, dims=-2)) and mlp.l2v_chunk_rows == 0
+                assert torch.equal(mlp(x), torch.roll(x, 1, dims=-2))
+            else:
+                assert torch.equal(mlp(hidden_states=x), x * 2) and torch.equal(mlp(x), x * 2)
 
 
 @pytest.mark.parametrize("rows", [1, 7])

@@ -783,6 +783,7 @@ def test_length_groups_by_device_and_config_give_the_same_loss(tmp_path, tiny_ll
 
     assert group_min_tokens("cpu") == 256 and group_min_tokens(torch.device("cpu")) == 256
     assert group_min_tokens("cuda") == group_min_tokens("cuda:1") == group_min_tokens("mps") == 65536
+    assert group_min_tokens("cuda", 7_000_000_000) == 4096 and group_min_tokens("cpu", 7_000_000_000) == 256
     with pytest.raises(L2VError, match="group_min_tokens must be a positive integer"):
         load_config(write_config(tmp_path / "bad", tiny_llama_folder, "mntp", group_min_tokens=0))
     texts = ["a b " * n + "end" for n in (1, 12, 3, 7, 2, 9)]  # lengths 3 to 26 tokens: several groups of 16+
@@ -800,6 +801,11 @@ def test_length_groups_by_device_and_config_give_the_same_loss(tmp_path, tiny_ll
             torch.manual_seed(0)
             objective = load_objective(config)
             assert objective.group_min_tokens() == (256 if tokens is None else tokens)
+            if tokens is None:  # chosen by where the steps run, not where the weights are (FSDP CPU offload)
+                assert objective.compute_device is None  # loaded without a device: the weights' (the CPU)
+                objective.compute_device = torch.device("cuda")
+                assert objective.group_min_tokens() == 65536
+                objective.compute_device = None
             calls = []
 
             def forward(features, *args, _encoder=objective.encoder, **kwargs):

@@ -35,17 +35,25 @@ def token_budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: in
 
 
 # A training batch's length groups hold at least this many padded positions (``length_groups``). On a CPU, padding
-# is compute: small groups with little padding are fastest. On a GPU a 135M model's step is bound by kernel
-# launches (each group is a whole forward and backward: ~23k operator calls per SmolLM2 step for one group of an
-# MNTP 32 x 512 batch, ~154k for its ~7 groups, benchmarks/results/step_launches.json), so a batch stays one padded
-# group up to 65,536 positions (the paper recipes' 32 x 512 and 2 x 128 x 128 batches are one group each).
-GROUP_MIN_TOKENS = {"cpu": 256}
-GROUP_MIN_TOKENS_ACCELERATOR = 65536
+# is arithmetic: small groups with little padding are fastest. On a GPU a small model's step is bound by kernel
+# launches, not arithmetic (each group is a whole forward and backward: a paper MNTP batch of SmolLM2 makes ~14k
+# operator calls in one group, ~81k in its ~7, benchmarks/results/step_launches.json), so below a billion parameters
+# a batch stays one padded group up to 65,536 positions (the paper recipes' 32 x 512 and 2 x 128 x 128 batches are
+# one group each; one group pads SimCSE batches of Wikipedia sentences to 2.5-4x the positions of the CPU's groups).
+# Larger models are bound by arithmetic and memory again: groups of >= 4,096 positions (not measured on a GPU).
+GROUP_MIN_TOKENS_CPU = 256
+GROUP_MIN_TOKENS_SMALL_ON_ACCELERATOR = 65536
+GROUP_MIN_TOKENS_LARGE_ON_ACCELERATOR = 4096
+SMALL_MODEL_PARAMETERS = 1_000_000_000
 
 
-def group_min_tokens(device: torch.device | str) -> int:
-    """The ``min_tokens`` of :func:`length_groups` for training on ``device`` (see ``GROUP_MIN_TOKENS``)."""
-    return GROUP_MIN_TOKENS.get(torch.device(device).type, GROUP_MIN_TOKENS_ACCELERATOR)
+def group_min_tokens(device: torch.device | str, parameters: int = 0) -> int:
+    """The ``min_tokens`` of :func:`length_groups` for training a model of ``parameters`` on ``device``."""
+    if torch.device(device).type == "cpu":
+        return GROUP_MIN_TOKENS_CPU
+    if parameters < SMALL_MODEL_PARAMETERS:
+        return GROUP_MIN_TOKENS_SMALL_ON_ACCELERATOR
+    return GROUP_MIN_TOKENS_LARGE_ON_ACCELERATOR
 
 
 def length_groups(lengths: Sequence[int], max_padding: float = 0.15, min_tokens: int = 256) -> list[list[int]]:

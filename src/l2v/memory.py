@@ -4,11 +4,12 @@ A decoder layer's feed-forward block holds several [positions x MLP size] tensor
 projections, the activation, their product): for SmolLM2-135M and a batch of 32 texts of 512 tokens, about 100 MB
 each in float32, the largest transient of the forward after attention's scores. The block works on each position
 alone, so :func:`chunk_feed_forward` runs it over at most ``rows`` positions at a time at inference (no autograd):
-the same numbers (each position's products are computed as before), a smaller working set. Training (autograd on)
+the same numbers (each position's products are computed as before), a smaller working set (checked once per block against the whole call). Training (autograd on)
 and other devices (a GPU's matrix products want many rows; not measured there) run the block whole. With the CPU's
 per-forward token cap (``l2v.encoder.CPU_FORWARD_TOKENS``) it takes the peak rise of encoding 64 such texts from 594
-to 80 MB and the time from 65 to 45 s, embeddings unchanged (benchmarks/encode_memory.py); for short sentences
-(STS-B) neither binds.
+to 80 MB and the time from 65 to 45 s, embeddings unchanged (benchmarks/encode_memory.py). For short sentences
+(STS-B, batches of at most ~1,800 positions) the peak did not move measurably: what remains there is the load's
+residue and the CPU kernels' per-shape caches (README, "Precision").
 
 :func:`release_free_memory` asks the C library to hand back freed heap pages after a load (casting float32 weights
 to bfloat16 frees the float32 copies, which glibc otherwise keeps: about 20 MB for SmolLM2 in bfloat16).
@@ -16,7 +17,6 @@ to bfloat16 frees the float32 copies, which glibc otherwise keeps: about 20 MB f
 
 from __future__ import annotations
 
-import contextlib
 import gc
 
 import torch
@@ -27,16 +27,23 @@ CPU_FEED_FORWARD_ROWS = 512  # benchmarks/encode_memory.py: 594 -> 441 MB peak r
 _CHUNKED: dict[type, type] = {}
 
 
+def _new_chunked(base: type):
+    """Unpickling: an empty instance of ``base``'s chunked class (its state is set after)."""
+    return _chunked_class(base).__new__(_chunked_class(base))
+
+
 def _chunked_class(cls: type) -> type:
     """``cls`` with a forward that runs over row chunks when autograd is off (made once per class)."""
     if cls in _CHUNKED:
         return _CHUNKED[cls]
 
-    def forward(self, hidden: torch.Tensor, *args, **kwargs):
-        rows = self.l2v_chunk_rows
-        count = hidden.numel() // hidden.shape[-1] if hidden.dim() >= 2 else 0
-        if args or kwargs or torch.is_grad_enabled() or not rows or count <= rows or hidden.device.type != "cpu":
-            return cls.forward(self, hidden, *args, **kwargs)
+    def forward(self, *args, **kwargs):
+        rows = getattr(self, "l2v_chunk_rows", 0)
+        hidden = args[0] if len(args) == 1 and not kwargs else None
+        if (hidden is None or not torch.is_tensor(hidden) or hidden.dim() < 2 or not rows or torch.is_grad_enabled()
+                or hidden.device.type != "cpu" or hidden.numel() // hidden.shape[-1] <= rows):
+            return cls.forward(self, *args, **kwargs)
+        count = hidden.numel() // hidden.shape[-1]
         flat = hidden.reshape(1, count, hidden.shape[-1])
         first = cls.forward(self, flat[:, :rows])
         if not torch.is_tensor(first) or first.shape[:-1] != (1, rows):  # e.g. a router's (states, logits): whole
@@ -47,10 +54,23 @@ def _chunked_class(cls: type) -> type:
         del first
         for start in range(rows, count, rows):
             output[:, start:start + rows] = cls.forward(self, flat[:, start:start + rows])
-        return output.view(*hidden.shape[:-1], output.shape[-1])
+        output = output.view(*hidden.shape[:-1], output.shape[-1])
+        if not getattr(self, "l2v_chunk_checked", False):
+            # once per block: chunks must give the whole call's numbers (a block that mixes positions - a token
+            # shift, a convolution, capacity-limited routing - does not, and then runs whole from here on)
+            whole = cls.forward(self, hidden)
+            self.l2v_chunk_checked = True
+            if not (torch.is_tensor(whole) and whole.shape == output.shape
+                    and torch.allclose(whole.float(), output.float(), rtol=1e-4, atol=1e-5)):
+                self.l2v_chunk_rows = 0
+                return whole
+        return output
 
-    chunked = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
-                                          "__qualname__": f"{cls.__qualname__}[row-chunked]"})
+    def __reduce_ex__(self, protocol):  # pickles as the base class's chunked twin, rebuilt by name of the base
+        return _new_chunked, (cls,), self.__dict__.copy()
+
+    chunked = type(cls.__name__, (cls,), {"forward": forward, "__reduce_ex__": __reduce_ex__,
+                                          "__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}[row-chunked]"})
     _CHUNKED[cls] = chunked
     return chunked
 
@@ -81,10 +101,15 @@ def chunk_feed_forward(model: torch.nn.Module, rows: int | None) -> int:
     return changed
 
 
-def release_free_memory() -> None:
-    """Collect garbage and ask glibc to return free heap pages to the system (no-op elsewhere)."""
+def release_free_memory() -> bool:
+    """Collect garbage and ask glibc to return free heap pages to the system; False where that cannot be asked
+    (not glibc: macOS, musl)."""
     gc.collect()
-    with contextlib.suppress(Exception):  # not glibc (macOS, musl): nothing to trim
+    try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

@@ -89,8 +89,10 @@ class TrainConfig:
     # model's default. Not saved with the encoder: encoding picks its own.
     attn_implementation: str = "auto"
     # a batch runs as length groups (one forward each, padded within a group) that hold at least this many padded
-    # positions; None: by device, 256 on a CPU (padding is compute), 65,536 on a GPU (each group's kernel launches
-    # cost more than padding). Changes only float rounding, not the loss: a run may resume with another value.
+    # positions; None: 256 on a CPU (padding is arithmetic), on a GPU 65,536 below a billion parameters (each
+    # group's kernel launches cost more than its padding; one group may hold 2.5-4x the positions, i.e. activation
+    # memory) and 4,096 above. The loss is the same (float rounding aside): a run may resume with another value.
+    # Not used by GradCache (contrastive.chunk_size), whose chunks are fixed-size.
     group_min_tokens: int | None = None
     # shard the frozen base and the LoRA weights over the processes (FSDP2, by accelerate) instead of copying them
     # to each (DDP): for bases that do not fit one device; also on with `accelerate launch --use_fsdp`

@@ -56,13 +56,21 @@ class Objective:
         """The loss of this process's ``batch`` (examples), with ``seed`` for any randomness of the step."""
         raise NotImplementedError
 
+    compute_device: "torch.device | str | None" = None  # where the steps run (set by the loop's loader)
+
     def group_min_tokens(self) -> int:
-        """``min_tokens`` of the length groups a batch runs in: the config's, else by the device the encoder's
-        weights are on at the step (``l2v.batching.group_min_tokens``)."""
+        """``min_tokens`` of the length groups a batch runs in: the config's, else by the device the steps run on
+        (not where the weights live: FSDP with CPU offload keeps them on the CPU) and the model's size
+        (``l2v.batching.group_min_tokens``)."""
         from ..batching import group_min_tokens
 
         chosen = getattr(self.config, "group_min_tokens", None)
-        return int(chosen) if chosen is not None else group_min_tokens(self.encoder.device)
+        if chosen is not None:
+            return int(chosen)
+        device = self.compute_device if self.compute_device is not None else self.encoder.device
+        if getattr(self, "_parameters", None) is None:
+            self._parameters = sum(p.numel() for p in self.encoder.model.parameters())
+        return group_min_tokens(device, self._parameters)
 
     def contrastive_temperature(self) -> float:
         chosen = self.config.contrastive.temperature

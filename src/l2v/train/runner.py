@@ -131,6 +131,7 @@ def load_objective(config: TrainConfig, device: torch.device | str | None = None
     )
     objective.prepare(encoder)
     encoder.model = apply_lora(encoder.model, config)
+    objective.compute_device = torch.device(where) if where is not None else None
     return objective
 
 
