@@ -110,9 +110,9 @@ def _no_autograd(module: torch.nn.Module):
 
 
 # On a CPU a forward of more padded positions is no faster and holds more memory: 64 Wikipedia paragraphs of ~510
-# tokens in batches of 32 (16,384 positions) raise the peak of a mixed-precision SmolLM2 by 441 MB (the attention's
-# float32 scores of 32 texts at once; 594 MB with whole feed-forward blocks) and take 55 s; in forwards of at most
-# 4,096 positions 80 MB and 45 s (benchmarks/encode_memory.py). It caps whatever budget the caller gives
+# tokens in batches of 32 (16,384 positions) raise the peak of a mixed-precision SmolLM2 by ~420-445 MB (the
+# attention's float32 scores of 32 texts at once) and take ~49-55 s; in forwards of at most 4,096 positions
+# ~80-135 MB and ~40-47 s (benchmarks/encode_memory.py, several runs). It caps whatever budget the caller gives
 # (``max_tokens_per_batch``, the server's ``--max-batch-tokens``); None: no cap.
 CPU_FORWARD_TOKENS: int | None = 4096
 

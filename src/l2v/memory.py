@@ -4,10 +4,11 @@ A decoder layer's feed-forward block holds several [positions x MLP size] tensor
 projections, the activation, their product): for SmolLM2-135M and a batch of 32 texts of 512 tokens, about 100 MB
 each in float32, the largest transient of the forward after attention's scores. The block works on each position
 alone, so :func:`chunk_feed_forward` runs it over at most ``rows`` positions at a time at inference (no autograd):
-the same numbers (each position's products are computed as before), a smaller working set (checked once per block against the whole call). Training (autograd on)
+the same numbers (each position's products are computed as before), a smaller working set (each block checked once, on a small sample, to work on positions alone). Training (autograd on)
 and other devices (a GPU's matrix products want many rows; not measured there) run the block whole. With the CPU's
-per-forward token cap (``l2v.encoder.CPU_FORWARD_TOKENS``) it takes the peak rise of encoding 64 such texts from 594
-to 80 MB and the time from 65 to 45 s, embeddings unchanged (benchmarks/encode_memory.py). For short sentences
+per-forward token cap (``l2v.encoder.CPU_FORWARD_TOKENS``) it takes the peak rise of encoding 64 such texts from
+~470-590 MB to ~80-135 MB and the time from ~57-65 s to ~40-47 s over runs, embeddings unchanged
+(benchmarks/encode_memory.py). For short sentences
 (STS-B, batches of at most ~1,800 positions) the peak did not move measurably: what remains there is the load's
 residue and the CPU kernels' per-shape caches (README, "Precision").
 
@@ -22,7 +23,7 @@ import gc
 import torch
 
 FEED_FORWARD_NAMES = ("mlp", "feed_forward", "ffn")
-CPU_FEED_FORWARD_ROWS = 512  # benchmarks/encode_memory.py: 594 -> 441 MB peak rise on 32 x 512-token batches
+CPU_FEED_FORWARD_ROWS = 512  # benchmarks/encode_memory.py: ~470-590 -> ~420-445 MB peak rise, 32 x 512-token batches
 
 _CHUNKED: dict[type, type] = {}
 
@@ -43,6 +44,20 @@ def _chunked_class(cls: type) -> type:
         if (hidden is None or not torch.is_tensor(hidden) or hidden.dim() < 2 or not rows or torch.is_grad_enabled()
                 or hidden.device.type != "cpu" or hidden.numel() // hidden.shape[-1] <= rows):
             return cls.forward(self, *args, **kwargs)
+        if not getattr(self, "l2v_chunk_checked", False):
+            # once per block: it must work on each position alone (a block that mixes positions - a token shift, a
+            # convolution, capacity-limited routing - does not, and then runs whole from here on). Checked on a
+            # small sample: up to 64 positions of the first text, whole against in two halves.
+            self.l2v_chunk_checked = True
+            sample = (hidden[:1] if hidden.dim() >= 3 else hidden)[..., :64, :]
+            half = sample.shape[-2] // 2
+            if half:
+                whole = cls.forward(self, sample)
+                parts = [cls.forward(self, sample[..., :half, :]), cls.forward(self, sample[..., half:, :])]
+                if not (all(torch.is_tensor(t) for t in (whole, *parts))
+                        and torch.allclose(whole.float(), torch.cat(parts, dim=-2).float(), rtol=1e-4, atol=1e-5)):
+                    self.l2v_chunk_rows = 0
+                    return cls.forward(self, hidden)
         count = hidden.numel() // hidden.shape[-1]
         flat = hidden.reshape(1, count, hidden.shape[-1])
         first = cls.forward(self, flat[:, :rows])
@@ -55,15 +70,6 @@ def _chunked_class(cls: type) -> type:
         for start in range(rows, count, rows):
             output[:, start:start + rows] = cls.forward(self, flat[:, start:start + rows])
         output = output.view(*hidden.shape[:-1], output.shape[-1])
-        if not getattr(self, "l2v_chunk_checked", False):
-            # once per block: chunks must give the whole call's numbers (a block that mixes positions - a token
-            # shift, a convolution, capacity-limited routing - does not, and then runs whole from here on)
-            whole = cls.forward(self, hidden)
-            self.l2v_chunk_checked = True
-            if not (torch.is_tensor(whole) and whole.shape == output.shape
-                    and torch.allclose(whole.float(), output.float(), rtol=1e-4, atol=1e-5)):
-                self.l2v_chunk_rows = 0
-                return whole
         return output
 
     def __reduce_ex__(self, protocol):  # pickles as the base class's chunked twin, rebuilt by name of the base
