@@ -60,3 +60,21 @@ def write_result(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def smollm2_skeleton(folder: Path, **sizes) -> Path:
+    """A random model with SmolLM2-135M's config and tokenizer but small sizes (default: hidden 36 = 9 heads of 4,
+    MLP 96; ``sizes`` override any config key): the same code runs, the arithmetic is small."""
+    import transformers
+
+    from l2v.registry import builtin_folder
+
+    source = builtin_folder("smollm2-135m")
+    config = json.loads((source / "config.json").read_text())
+    config.update({"hidden_size": 36, "intermediate_size": 96, "head_dim": 4, **sizes})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(folder)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    return folder

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, stsb_test_sentences, write_result
+from _common import DATA, smollm2_skeleton, stsb_test_sentences, write_result
 
 MODELS = ["smollm2-135m", "smollm2-135m-l2v-unsup", "smollm2-135m-l2v-sup"]
 PRECISIONS = ["float32", "mixed", "bfloat16", "int8", "int8-after-split"]
@@ -116,20 +116,11 @@ def _warm_libraries(dtype: str, work: Path) -> None:
     import shutil
 
     import peft  # noqa: F401  (trained encoders merge their adapters with it)
-    import transformers
 
     from l2v import Encoder
     from l2v.memory import release_free_memory
-    from l2v.registry import builtin_folder
 
-    source, folder = builtin_folder("smollm2-135m"), work / f"warm-{os.getpid()}"
-    config = json.loads((source / "config.json").read_text())
-    config.update(hidden_size=36, intermediate_size=96, head_dim=4, num_hidden_layers=2)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(folder)).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(source / name, folder / name)
+    folder = smollm2_skeleton(work / f"warm-{os.getpid()}", num_hidden_layers=2)
     encoder = Encoder.from_pretrained(str(folder), dtype=dtype)
     encoder.encode(["A warm-up sentence.", "Another, somewhat longer, warm-up sentence for the kernels."], batch_size=2)
     del encoder

@@ -25,15 +25,15 @@ Writes benchmarks/results/step_launches.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
-import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, write_result
+from _common import DATA, smollm2_skeleton, write_result
 
 VIEWS = {"aten::view", "aten::as_strided", "aten::t", "aten::transpose", "aten::reshape", "aten::slice",
          "aten::select", "aten::resolve_conj", "aten::resolve_neg", "aten::empty", "aten::empty_strided",
@@ -44,24 +44,6 @@ STAGES = {
     "mntp": {"batch_size": 32, "max_length": 512, "data": "text/unlabeled/wikipedia_en_WikiTasks_2021.txt.gz"},
     "simcse": {"batch_size": 128, "max_length": 128, "data": "text/wiki1m_subset.txt"},
 }
-
-
-def skeleton(folder: Path) -> Path:
-    """SmolLM2-135M's config and tokenizer with hidden size 36 (9 heads of 4), MLP 96, random weights."""
-    import transformers
-
-    from l2v.registry import builtin_folder
-
-    source = builtin_folder("smollm2-135m")
-    config = json.loads((source / "config.json").read_text())
-    config.update(hidden_size=36, intermediate_size=96, head_dim=4)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(folder))
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(source / name, folder / name)
-    return folder
 
 
 def calls(profiler) -> int:
@@ -109,9 +91,9 @@ def measure(stage: str, model: Path, work: Path, min_tokens: int | None, steps: 
         groups.append(0)
         phases, counts = {}, {}
         for phase in ("forward", "backward", "optimizer"):
-            context = profile(activities=[ProfilerActivity.CPU]) if profiled else None
+            context = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
             began = time.perf_counter()
-            with context if context is not None else _nothing():
+            with context:
                 if phase == "forward":
                     loss = objective.loss(forward, batch, index)
                 elif phase == "backward":
@@ -140,14 +122,6 @@ def measure(stage: str, model: Path, work: Path, min_tokens: int | None, steps: 
     return row
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
@@ -155,7 +129,7 @@ def main() -> None:
     import torch
 
     work = Path(tempfile.mkdtemp(prefix="l2v-launches-"))
-    model = skeleton(work / "skeleton")
+    model = smollm2_skeleton(work / "skeleton")
     rows = [measure(stage, model, work / f"{stage}-{tokens}", tokens, args.steps)
             for stage in STAGES for tokens in (256, 65536, None)]
     # host time per operator call where the arithmetic is ~0: the one-group step with texts cut to 8 tokens (the

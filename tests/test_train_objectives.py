@@ -267,16 +267,16 @@ def test_lora_dropout_positions_are_a_bernoulli_process(p):
     between neighbours, and the same rate at the first and last elements of small tensors."""
     import math
 
-    from l2v.train.lora import drop_positions, keep_mask
+    from l2v.train.lora import drop_elements, drop_positions
 
     torch.manual_seed(0)
     n = 2_000_000
-    dropped = 1.0 - keep_mask((n,), p, torch.float64)
+    dropped = 1.0 - drop_elements(torch.ones(n, dtype=torch.float64), p)
     sigma = math.sqrt(p * (1 - p) / n)
     assert abs(dropped.mean().item() - p) < 5 * sigma
     both = (dropped[:-1] * dropped[1:]).mean().item()  # neighbours drop together with probability p^2
     assert abs(both - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n)
-    small = torch.stack([1.0 - keep_mask((3,), p, torch.float64) for _ in range(20_000)])
+    small = torch.stack([1.0 - drop_elements(torch.ones(3, dtype=torch.float64), p) for _ in range(20_000)])
     for column in small.T:  # each position of a 3-element tensor, over 20,000 tensors
         assert abs(column.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / 20_000)
     positions = drop_positions(1000, p)

@@ -56,13 +56,6 @@ def drop_positions(count: int, p: float) -> torch.Tensor:
         last = int(positions[-1].item())
 
 
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """1 (kept, probability 1 - p) or 0 (dropped) per element, in ``dtype``."""
-    count = math.prod(shape)
-    mask = torch.ones(count, dtype=dtype)
-    return mask.index_fill_(0, drop_positions(count, p), 0).view(shape)
-
-
 def drop_elements(x: torch.Tensor, p: float) -> torch.Tensor:
     """``x`` with each element set to 0 with probability p (positions from :func:`drop_positions`), survivors
     *not* rescaled: a copy of ``x`` and a sparse fill, no mask tensor and no multiplication."""

@@ -34,6 +34,8 @@ class Objective:
     temperature: ClassVar[float | None] = None  # default contrastive temperature (config.contrastive.temperature wins)
     needs_lm_head: ClassVar[bool] = False  # the encoder is loaded with its LM head (MNTP)
     owns_backward: ClassVar[bool] = False  # loss() runs backward itself and returns a detached loss (GradCache)
+    compute_device: torch.device | None = None  # where the steps run (set by ``load_objective``)
+    _parameter_count: int | None = None  # the encoder's, counted once (group_min_tokens)
 
     def __init__(self, config):
         self.config = config
@@ -56,8 +58,6 @@ class Objective:
         """The loss of this process's ``batch`` (examples), with ``seed`` for any randomness of the step."""
         raise NotImplementedError
 
-    compute_device: "torch.device | str | None" = None  # where the steps run (set by the loop's loader)
-
     def group_min_tokens(self) -> int:
         """``min_tokens`` of the length groups a batch runs in: the config's, else by the device the steps run on
         (not where the weights live: FSDP with CPU offload keeps them on the CPU) and the model's size
@@ -68,9 +68,9 @@ class Objective:
         if chosen is not None:
             return int(chosen)
         device = self.compute_device if self.compute_device is not None else self.encoder.device
-        if getattr(self, "_parameters", None) is None:
-            self._parameters = sum(p.numel() for p in self.encoder.model.parameters())
-        return group_min_tokens(device, self._parameters)
+        if self._parameter_count is None:
+            self._parameter_count = sum(p.numel() for p in self.encoder.model.parameters())
+        return group_min_tokens(device, self._parameter_count)
 
     def contrastive_temperature(self) -> float:
         chosen = self.config.contrastive.temperature
