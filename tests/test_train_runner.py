@@ -847,3 +847,67 @@ def test_training_attention_auto_and_kernel_switches_resume_one_run(tmp_path, ti
     sdpa = train(load_config(write_config(tmp_path / "s", tiny_llama_folder, "mntp", steps=2, dtype="bfloat16",
                                           attn_implementation="sdpa")), show_progress=False, log=lambda *_: None)
     assert losses(eager.parent) == pytest.approx(losses(sdpa.parent), rel=0.02)
+
+
+def test_a_time_limit_stops_at_a_checkpoint_and_reruns_finish_the_same_run(tmp_path, tiny_llama_folder):
+    """``time_limit`` (``--time-limit``): the run stops after the last step that leaves time for another, with a
+    checkpoint there (whatever ``save_every``), and calling again resumes it; a limit shorter than one step still
+    trains one step per call. Six calls with no time at all give the losses and encoder of one uninterrupted run."""
+    from l2v.train.runner import TimeLimitReached
+
+    straight = load_config(write_config(tmp_path / "a", tiny_llama_folder, "simcse", save_every=4))
+    train(straight, show_progress=False, log=lambda *_: None)
+    parts = load_config(write_config(tmp_path / "b", tiny_llama_folder, "simcse", save_every=4))
+    stops = []
+    for _ in range(5):
+        with pytest.raises(TimeLimitReached) as stopped:
+            train(parts, show_progress=False, log=lambda *_: None, time_limit=0)
+        stops.append(stopped.value.step)
+        assert (tmp_path / "b" / "run" / "checkpoints" / f"step-{stopped.value.step:08d}" / "state.json").exists()
+        assert "run the same command again to resume" in str(stopped.value)
+    assert stops == [1, 2, 3, 4, 5] and not (tmp_path / "b" / "run" / "encoder").exists()
+    final = train(parts, show_progress=False, log=lambda *_: None, time_limit=0)  # the last step: no stop after it
+    assert losses(tmp_path / "b" / "run") == losses(tmp_path / "a" / "run")
+    assert np.array_equal(Encoder.from_pretrained(str(final)).encode(TEXTS[:3]),
+                          Encoder.from_pretrained(str(tmp_path / "a" / "run" / "encoder")).encode(TEXTS[:3]))
+    # a generous limit changes nothing; bad limits are named
+    generous = load_config(write_config(tmp_path / "c", tiny_llama_folder, "simcse", save_every=4))
+    train(generous, show_progress=False, log=lambda *_: None, time_limit=3600)
+    assert losses(tmp_path / "c" / "run") == losses(tmp_path / "a" / "run")
+    with pytest.raises(L2VError, match="time_limit must be a number of seconds"):
+        train(generous, show_progress=False, log=lambda *_: None, time_limit=-1)
+
+
+def test_the_cli_time_limit_exits_75_and_resumes(tmp_path, tiny_llama_folder):
+    config = write_config(tmp_path / "a", tiny_llama_folder, "mntp", steps=2)
+    first = cli("train", "mntp", "--config", config, "--no-progress", "--time-limit", "0s")
+    assert first.returncode == 75 and "after step 1 of 2" in first.stderr and "error" not in first.stderr
+    second = cli("train", "mntp", "--config", config, "--no-progress", "--time-limit", "0.5h")
+    assert second.returncode == 0 and "resuming from" in second.stderr and len(losses(tmp_path / "a" / "run")) == 2
+    bad = cli("train", "mntp", "--config", config, "--time-limit", "soon")
+    assert bad.returncode == 2 and "--time-limit 'soon'" in bad.stderr
+
+
+def test_convert_under_a_time_limit_trains_on_over_calls(tmp_path, tiny_llama_folder):
+    """``convert(time_limit=...)``: each stage gets what the earlier ones left; a call that trained a stage and has
+    no time left stops before the next stage; calls with no time at all still progress, one step each."""
+    from l2v.train.convert import convert
+    from l2v.train.runner import TimeLimitReached
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    common = {"data": {"train": str(texts)}, "batch_size": 4, "steps": 2, "save_every": 2, "max_length": 16,
+              "lora": {"r": 4, "alpha": 8}}
+    recipe = {"name": "tiny-l2v", "model": str(tiny_llama_folder), "output": str(tmp_path / "out"),
+              "stages": {"mntp": {**common, "mntp": {"mask_token": "<unk>"}}, "simcse": common}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    seen = []
+    for _ in range(3):
+        with pytest.raises(TimeLimitReached) as stopped:
+            convert(path, show_progress=False, log=lambda *_: None, time_limit=0)
+        seen.append((stopped.value.output.name, stopped.value.step))
+    # MNTP's step 1; its last step, then no time for SimCSE (not started: step 0); SimCSE's step 1 (MNTP reused)
+    assert seen == [("mntp", 1), ("simcse", 0), ("simcse", 1)]
+    final = convert(path, show_progress=False, log=lambda *_: None, time_limit=0)
+    assert final == tmp_path / "out" / "encoder" and (final / "adapter").exists()

@@ -15,6 +15,24 @@ from .errors import L2VError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="l2v: turn any decoder-only LLM into a text encoder (LLM2Vec).")
 
 EXIT_USER_ERROR = 2
+EXIT_TIME_LIMIT = 75  # sysexits' EX_TEMPFAIL: stopped at --time-limit with a checkpoint; the same command resumes
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``--time-limit``: seconds, or a number with s, m or h (``90``, ``90s``, ``9m``, ``2.5h``)."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds >= 0 and seconds != float("inf")):
+        raise L2VError(f"--time-limit {text!r}: give seconds or a number with s, m or h (e.g. 540, 9m, 2.5h)")
+    return seconds
 
 
 def _fail(message: str) -> None:
@@ -38,6 +56,11 @@ def _run(action):
     except typer.Exit:
         raise
     except L2VError as error:
+        from .train.runner import TimeLimitReached
+
+        if isinstance(error, TimeLimitReached):
+            typer.echo(str(error), err=True)
+            raise typer.Exit(EXIT_TIME_LIMIT) from None
         _fail(str(error))
     except KeyboardInterrupt:
         _fail("interrupted")
@@ -258,6 +281,8 @@ def train(
     settings: Optional[list[str]] = typer.Option(None, "--set", help="override any config key: KEY=VALUE (dotted for "
                                                  "sections, value read as YAML), e.g. --set data.train=x.txt --set lora.r=8; repeatable"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="stop at a checkpoint before this much time "
+                                             f"has passed (540, 9m, 2.5h) and exit with {EXIT_TIME_LIMIT}; rerun to resume"),
 ):
     """Train one stage of the LLM2Vec recipe. Rerunning the same command resumes from the last checkpoint."""
     _quiet_libraries()
@@ -273,7 +298,8 @@ def train(
         loaded = load_config(config, overrides, settings or [])
         if loaded.stage != stage:
             raise L2VError(f"{config}: stage is {loaded.stage!r}, but the command asked for {stage!r}")
-        run_training(loaded, show_progress=progress, log=lambda line: typer.echo(line, err=True))
+        run_training(loaded, show_progress=progress, log=lambda line: typer.echo(line, err=True),
+                     time_limit=parse_duration(time_limit))
 
     _run(action)
 
@@ -282,6 +308,8 @@ def train(
 def convert(
     config: Path = typer.Option(..., "--config", "-c", help="YAML recipe: model, output, stages (mntp, simcse, supervised), evaluate"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="stop the training stages at a checkpoint before "
+                                             f"this much time has passed (540, 9m, 2.5h), exit {EXIT_TIME_LIMIT}; rerun to resume"),
 ):
     """The whole recipe from one file: MNTP -> SimCSE and/or supervised (each stage on the merged adapters before it) -> encoder -> evaluation report."""
     _quiet_libraries()
@@ -289,7 +317,8 @@ def convert(
     def action():
         from .train.convert import convert as run_convert
 
-        run_convert(config, show_progress=progress, log=lambda line: typer.echo(line, err=True))
+        run_convert(config, show_progress=progress, log=lambda line: typer.echo(line, err=True),
+                    time_limit=parse_duration(time_limit))
 
     _run(action)
 

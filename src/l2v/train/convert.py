@@ -23,11 +23,12 @@ mix two recipes.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from ..errors import L2VError
 from .config import TrainConfig, from_mapping, read_yaml, validate
-from .runner import is_finished, train
+from .runner import TimeLimitReached, is_finished, latest_checkpoint, train
 
 CONVERT_KEYS = {"name", "model", "output", "stages", "evaluate"}
 # The LLM2Vec recipe, in order: each stage trains on the merged adapters of the stages before it
@@ -81,8 +82,19 @@ def _evaluation_tasks(spec: dict) -> list:
     return select_tasks(tasks, Path(spec["data"]) if spec.get("data") else None, list(spec.get("files") or []))
 
 
-def convert(path: str | Path, show_progress: bool = True, log=print) -> Path:
+def _steps_done(output: Path) -> int:
+    """The step of a stage's latest checkpoint (0 before its first)."""
+    checkpoint = latest_checkpoint(output)
+    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
+
+
+def convert(path: str | Path, show_progress: bool = True, log=print, time_limit: float | None = None) -> Path:
+    """Run the recipe at ``path``; ``time_limit``: seconds for the training stages of this call (each stage gets
+    what the ones before it left; see :func:`train`): the run stops with :class:`TimeLimitReached` at a checkpoint,
+    and calling again resumes it. The final evaluation is not limited."""
     from ..fileio import atomic_dir
+
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     from .data import load_texts, load_triples
 
     plan = load_convert_config(path)
@@ -95,9 +107,15 @@ def convert(path: str | Path, show_progress: bool = True, log=print) -> Path:
             (load_triples if config.stage == "supervised" else load_texts)(config.data)
     selected = _evaluation_tasks(plan["evaluate"]) if plan["evaluate"] else None
     encoders = {}
+    trained_here = False  # a stage trained in this call: with no time left, the next one waits for the next call
     for stage, config in plan["stages"].items():
         log(f"== {stage} -> {config.output}")
-        encoders[stage] = train(config, show_progress=show_progress, log=log)
+        finished = is_finished(Path(config.output), config)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if left == 0.0 and trained_here and not finished:
+            raise TimeLimitReached(Path(config.output), _steps_done(Path(config.output)), config.steps)
+        encoders[stage] = train(config, show_progress=show_progress, log=log, time_limit=left)
+        trained_here = trained_here or not finished
     final_stage = "supervised" if "supervised" in encoders else "simcse"
     final = output / "encoder"
     with atomic_dir(final, overwrite=True) as tmp:

@@ -413,12 +413,34 @@ def _shard(encoder, settings, device: torch.device, world: int) -> None:
     fully_shard(encoder, **options)
 
 
+class TimeLimitReached(L2VError):
+    """A run stopped at its time limit, checkpointed after ``step`` of ``steps``; the same command resumes it."""
+
+    def __init__(self, output: Path, step: int, steps: int):
+        self.output, self.step, self.steps = Path(output), step, steps
+        super().__init__(f"{output}: stopped at the time limit after step {step} of {steps} (checkpoint saved); "
+                         "run the same command again to resume")
+
+
+def _time_left_for_a_step(began: float, time_limit: float, recent: list[float], save_seconds: float) -> bool:
+    """Whether another step (as slow as the slowest of the recent ones, with a fifth more) and a checkpoint (as long
+    as the last one took) still end within ``time_limit`` seconds of ``began`` (``time.monotonic()``)."""
+    return time.monotonic() - began + 1.2 * max(recent, default=0.0) + save_seconds <= time_limit
+
+
 def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_end: Callable[[int], None] | None = None,
-          trackers: list | None = None) -> Path:
+          trackers: list | None = None, time_limit: float | None = None) -> Path:
     """Train ``config`` (resuming from its latest checkpoint) and write ``OUTPUT/encoder``; returns that folder.
 
     ``on_step_end(step)`` is called after each optimizer step (and checkpoint); ``trackers`` adds accelerate trackers
-    (names or ``GeneralTracker`` objects) to the config's."""
+    (names or ``GeneralTracker`` objects) to the config's. ``time_limit``: seconds this call may take, counted from
+    its start (loading included): after a step, if the next one (timed by the slowest of the last five) and a
+    checkpoint would not end in time, the run checkpoints and raises :class:`TimeLimitReached`; calling again with
+    the same config resumes it. At least one step runs per call, so a limit shorter than load plus one step still
+    makes progress (and is exceeded by that much)."""
+    called = time.monotonic()
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit >= 0):
+        raise L2VError(f"time_limit must be a number of seconds >= 0, not {time_limit!r}")
     output = Path(config.output)
     if is_finished(output, config):
         log(f"{output / 'encoder'} is already trained ({config.steps} steps, same config): reusing it")
@@ -508,7 +530,9 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     begin, evaluation_seconds = time.perf_counter(), 0.0
     if start == 0:
         evaluate_dev(0)
+    recent_steps, save_seconds = [], 0.0  # for the time limit: the last steps' wall time, the last checkpoint's
     for step in range(start, config.steps):
+        step_began = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         micro_losses = []
         for micro in range(accumulation):
@@ -551,12 +575,29 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
             accelerator.log({"loss": reported, "lr": record["lr"]}, step=done)
         if done == config.steps or (config.dev.every and done % config.dev.every == 0):
             evaluate_dev(done)  # before the checkpoint: a run killed after it has its dev line
-        if (rank == 0 or sharded) and (done % config.save_every == 0 or done == config.steps):
+        saved = done % config.save_every == 0 or done == config.steps
+        if (rank == 0 or sharded) and saved:
+            save_began = time.perf_counter()
             _save_checkpoint(output, done, config, world, trainable, optimizer, scheduler, seconds=seconds, rank=rank)
+            save_seconds = time.perf_counter() - save_began
         if world > 1:
             accelerator.wait_for_everyone()
         if on_step_end is not None:
             on_step_end(done)
+        recent_steps = [*recent_steps[-4:], time.perf_counter() - step_began]
+        if time_limit is not None and done < config.steps:
+            stop = not _time_left_for_a_step(called, time_limit, recent_steps, save_seconds)
+            if world > 1:  # every process stops at the same step (their clocks differ a little)
+                stop = bool(accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum") > 0)
+            if stop:
+                if (rank == 0 or sharded) and not saved:
+                    _save_checkpoint(output, done, config, world, trainable, optimizer, scheduler, seconds=seconds, rank=rank)
+                if world > 1:
+                    accelerator.wait_for_everyone()
+                progress.close()
+                if tracking:
+                    accelerator.end_training()
+                raise TimeLimitReached(output, done, config.steps)
     progress.close()
     if tracking:
         accelerator.end_training()
