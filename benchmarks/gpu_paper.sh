@@ -12,14 +12,15 @@
 # On the lent GPU machine (no internet, a 64 MiB working-tree limit per call, files kept between calls while the
 # machine is warm): `bash benchmarks/gpu_pack.sh` writes .gpu/part1, .gpu/part2 (ignored); carry them in two
 # back-to-back calls, the second one running
-#   bash benchmarks/gpu_unpack.sh && L2V_TIME_LIMIT=480 L2V_DATA=.gpu/data PYTHON=python3 EXPORT=$OUT bash benchmarks/gpu_paper.sh /tmp/paper
+#   bash benchmarks/gpu_unpack.sh && L2V_TIME_LIMIT=420 L2V_DATA=.gpu/data PYTHON=python3 EXPORT=$OUT bash benchmarks/gpu_paper.sh /tmp/paper
 # (the run folder off $OUT, so a second call resumes it; EXPORT= brings the adapters and logs back).
 # Meant to fit 12 minutes of an H200 (1000 + 1000 steps of a 135M model, each batch one padded group on a GPU since
 # 2026-12-05: benchmarks/results/gpu/README.md; not yet confirmed there); the machine start comes on top. First
 # tried there at ~2.5 s a step (7 length groups per batch then).
 # L2V_TIME_LIMIT=SECONDS bounds this call's training (both stages; `l2v train --time-limit`): a stage that would
 # overrun stops at a checkpoint and the script exits 75 without a summary; the same command resumes (while the
-# machine keeps /tmp/paper). E.g. L2V_TIME_LIMIT=480 under the device tool's 600 s per call.
+# machine keeps /tmp/paper). The bound is the training's: each stage's load and first step, the checks and the
+# export come on top, so leave slack (e.g. L2V_TIME_LIMIT=420 under the device tool's 600 s per call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: gpu_paper.sh OUT [STEPS]}"
@@ -34,6 +35,9 @@ steps=()
 small=()
 [ -n "${L2V_SMALL:-}" ] && small=(--set batch_size=4 --set max_length=32 --set dev.sts="[$DATA/sts/sickr_trial.tsv]" --set save_every=1)
 dev="[$DATA/sts/stsb_dev.tsv, $DATA/sts/sickr_trial.tsv]"
+if [ -n "${L2V_TIME_LIMIT:-}" ] && ! [[ "$L2V_TIME_LIMIT" =~ ^[0-9]+$ ]]; then
+  echo "gpu_paper.sh: L2V_TIME_LIMIT must be whole seconds, not '$L2V_TIME_LIMIT'" >&2; exit 2
+fi
 mkdir -p "$OUT"
 start=$(date +%s)
 limit() {  # --time-limit for the next stage: what this call has left (none without L2V_TIME_LIMIT)

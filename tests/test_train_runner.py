@@ -911,3 +911,17 @@ def test_convert_under_a_time_limit_trains_on_over_calls(tmp_path, tiny_llama_fo
     assert seen == [("mntp", 1), ("simcse", 0), ("simcse", 1)]
     final = convert(path, show_progress=False, log=lambda *_: None, time_limit=0)
     assert final == tmp_path / "out" / "encoder" and (final / "adapter").exists()
+
+
+def test_the_time_budget_counts_a_slow_step_evaluation_and_checkpoint():
+    from l2v.cli import parse_duration
+    from l2v.train.runner import room_for_another_step
+
+    assert room_for_another_step(50, 100, [10, 30, 20], save_seconds=5)  # 50 + 36 + 5 = 91
+    assert not room_for_another_step(60, 100, [10, 30, 20], save_seconds=5)  # 101: the slowest step counts, +20 %
+    assert not room_for_another_step(50, 100, [10, 30, 20], save_seconds=5, evaluation_seconds=10)
+    assert room_for_another_step(0, 0, [], 0)
+    assert [parse_duration(t) for t in ("540", "90s", "9m", "2.5h", " 1H ", None)] == [540, 90, 540, 9000, 3600, None]
+    for bad in ("soon", "", "-1m", "inf", "nanm", "5d"):
+        with pytest.raises(L2VError, match="--time-limit"):
+            parse_duration(bad)

@@ -58,8 +58,9 @@ def _run(action):
     except L2VError as error:
         from .train.runner import TimeLimitReached
 
-        if isinstance(error, TimeLimitReached):
-            typer.echo(str(error), err=True)
+        if isinstance(error, TimeLimitReached):  # every process stops; one says so (torchrun then exits 1)
+            if os.environ.get("RANK", "0") == "0":
+                typer.echo(str(error), err=True)
             raise typer.Exit(EXIT_TIME_LIMIT) from None
         _fail(str(error))
     except KeyboardInterrupt:

@@ -418,14 +418,17 @@ class TimeLimitReached(L2VError):
 
     def __init__(self, output: Path, step: int, steps: int):
         self.output, self.step, self.steps = Path(output), step, steps
-        super().__init__(f"{output}: stopped at the time limit after step {step} of {steps} (checkpoint saved); "
-                         "run the same command again to resume")
+        where = (f"after step {step} of {steps} (checkpoint saved)" if step else
+                 f"before its first step of {steps} (nothing trained yet)")
+        super().__init__(f"{output}: stopped at the time limit {where}; run the same command again to resume")
 
 
-def _time_left_for_a_step(began: float, time_limit: float, recent: list[float], save_seconds: float) -> bool:
-    """Whether another step (as slow as the slowest of the recent ones, with a fifth more) and a checkpoint (as long
-    as the last one took) still end within ``time_limit`` seconds of ``began`` (``time.monotonic()``)."""
-    return time.monotonic() - began + 1.2 * max(recent, default=0.0) + save_seconds <= time_limit
+def room_for_another_step(elapsed: float, time_limit: float, step_seconds: list[float], save_seconds: float,
+                          evaluation_seconds: float = 0.0) -> bool:
+    """Whether, ``elapsed`` seconds into a call allowed ``time_limit``, one more step (as slow as the slowest of
+    ``step_seconds``, the last few steps' own time, with a fifth more), what follows it (a dev evaluation when one is
+    due, ``evaluation_seconds``) and a checkpoint (``save_seconds``) still end in time."""
+    return elapsed + 1.2 * max(step_seconds, default=0.0) + save_seconds + evaluation_seconds <= time_limit
 
 
 def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_end: Callable[[int], None] | None = None,
@@ -434,12 +437,13 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
 
     ``on_step_end(step)`` is called after each optimizer step (and checkpoint); ``trackers`` adds accelerate trackers
     (names or ``GeneralTracker`` objects) to the config's. ``time_limit``: seconds this call may take, counted from
-    its start (loading included): after a step, if the next one (timed by the slowest of the last five) and a
-    checkpoint would not end in time, the run checkpoints and raises :class:`TimeLimitReached`; calling again with
-    the same config resumes it. At least one step runs per call, so a limit shorter than load plus one step still
+    its start (loading included): after a step, if the next one (timed by the slowest of the last five, with a fifth
+    more), a dev evaluation due after it and a checkpoint would not end in time (:func:`room_for_another_step`),
+    the run checkpoints and raises :class:`TimeLimitReached`; calling again with the same config resumes it. At least one step runs per call, so a limit shorter than load plus one step still
     makes progress (and is exceeded by that much)."""
     called = time.monotonic()
-    if time_limit is not None and not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit >= 0):
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or not math.isfinite(time_limit) or time_limit < 0):
         raise L2VError(f"time_limit must be a number of seconds >= 0, not {time_limit!r}")
     output = Path(config.output)
     if is_finished(output, config):
@@ -502,14 +506,15 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     def evaluate_dev(done: int) -> None:
         """Dev scores after ``done`` steps (rank 0, the others wait; with FSDP every process runs the sharded
         forward, rank 0 writes), timed apart from training."""
-        nonlocal evaluation_seconds
+        nonlocal evaluation_seconds, last_evaluation
         if not config.dev.sts:
             return
         if rank == 0 or sharded:
             began = time.perf_counter()
             trained = trained_before + began - begin - evaluation_seconds
             scores = dev_scores(encoder, config.dev.sts, config.encoder_max_length)
-            evaluation_seconds += time.perf_counter() - began
+            last_evaluation = time.perf_counter() - began
+            evaluation_seconds += last_evaluation
             record = {"step": done, "seconds": round(trained, 3), **scores}
         if rank == 0:
             with open(dev_path, "a", encoding="utf-8") as handle:
@@ -527,12 +532,13 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
         accelerator.init_trackers(output.name, config=_flat(config))
     encoder.train()
     progress = tqdm(total=config.steps, initial=start, desc=f"{config.stage}", disable=not show_progress or rank != 0)
-    begin, evaluation_seconds = time.perf_counter(), 0.0
+    begin, evaluation_seconds, last_evaluation = time.perf_counter(), 0.0, None
     if start == 0:
         evaluate_dev(0)
-    recent_steps, save_seconds = [], 0.0  # for the time limit: the last steps' wall time, the last checkpoint's
+    # for the time limit: the last steps' own seconds (without evaluations and checkpoints), the last checkpoint's
+    recent_steps, last_save = [], None
     for step in range(start, config.steps):
-        step_began = time.perf_counter()
+        step_began, evaluated_before, this_save = time.perf_counter(), evaluation_seconds, 0.0
         optimizer.zero_grad(set_to_none=True)
         micro_losses = []
         for micro in range(accumulation):
@@ -579,14 +585,22 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
         if (rank == 0 or sharded) and saved:
             save_began = time.perf_counter()
             _save_checkpoint(output, done, config, world, trainable, optimizer, scheduler, seconds=seconds, rank=rank)
-            save_seconds = time.perf_counter() - save_began
+            this_save = last_save = time.perf_counter() - save_began
         if world > 1:
             accelerator.wait_for_everyone()
         if on_step_end is not None:
             on_step_end(done)
-        recent_steps = [*recent_steps[-4:], time.perf_counter() - step_began]
+        own = time.perf_counter() - step_began - (evaluation_seconds - evaluated_before) - this_save
+        recent_steps = [*recent_steps[-4:], own]
         if time_limit is not None and done < config.steps:
-            stop = not _time_left_for_a_step(called, time_limit, recent_steps, save_seconds)
+            following = done + 1
+            # not measured yet in this call: as long as a step (a LoRA checkpoint is usually shorter)
+            save = last_save if last_save is not None else max(recent_steps)
+            if following == config.steps:
+                save *= 2  # its checkpoint and the encoder's folder
+            due = bool(config.dev.sts) and (following == config.steps or bool(config.dev.every and following % config.dev.every == 0))
+            evaluation = (last_evaluation if last_evaluation is not None else max(recent_steps)) if due else 0.0
+            stop = not room_for_another_step(time.monotonic() - called, time_limit, recent_steps, save, evaluation)
             if world > 1:  # every process stops at the same step (their clocks differ a little)
                 stop = bool(accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum") > 0)
             if stop:
