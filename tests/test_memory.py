@@ -1,6 +1,7 @@
 """Encoding memory: feed-forward blocks run over row chunks at inference (same embeddings), the heap handed back."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -170,3 +171,28 @@ def test_a_cpu_forward_holds_at_most_the_cap_and_the_embeddings_do_not_move(tiny
     monkeypatch.setattr(l2v.encoder, "CPU_FORWARD_TOKENS", None)  # no cap: the caller's budget alone
     encoder.encode(texts, batch_size=64, max_tokens_per_batch=None)
     assert len(sizes) == 1
+
+
+def test_the_kernel_caches_are_bounded_unless_the_environment_says_otherwise(monkeypatch, tmp_path, tiny_llama_folder):
+    """``bound_kernel_caches`` sets both caches' capacity where unset and keeps a user's setting; the commands that
+    encode call it before loading anything (the libraries read it at their first bfloat16 product)."""
+    from typer.testing import CliRunner
+
+    from l2v.cli import app
+    from l2v.memory import KERNEL_CACHES, bound_kernel_caches
+
+    for name in KERNEL_CACHES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "500")
+    assert bound_kernel_caches(8) == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "8", "LRU_CACHE_CAPACITY": "500"}
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="entries must be a whole number"):
+            bound_kernel_caches(bad)
+    for name in KERNEL_CACHES:
+        monkeypatch.delenv(name, raising=False)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a short text\nanother one\n")
+    result = CliRunner().invoke(app, ["encode", "-m", str(tiny_llama_folder), "-i", str(texts), "-o", str(tmp_path / "v.npy"),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert {name: os.environ.get(name) for name in KERNEL_CACHES} == {name: "16" for name in KERNEL_CACHES}

@@ -74,6 +74,15 @@ def _run(action):
         _close_process_group()
 
 
+def _encoding_process() -> None:
+    """For commands whose process only encodes: quiet libraries, CPU kernel caches bounded before the first product
+    (unless the environment sets them; ``l2v.memory.bound_kernel_caches``)."""
+    from .memory import bound_kernel_caches
+
+    _quiet_libraries()
+    bound_kernel_caches()
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import warnings
@@ -99,7 +108,7 @@ def encode(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Encode a file of texts into an .npy matrix."""
-    _quiet_libraries()
+    _encoding_process()
 
     def action():
         from .encoder import Encoder
@@ -245,7 +254,7 @@ def evaluate(
     dtype: str = typer.Option("float32", "--dtype", help="compute precision of every l2v model: float32, mixed, bfloat16, float16 (GPU), auto (as l2v encode --dtype)"),
 ):
     """Evaluate one or more encoders on MTEB-style tasks and word-level probes; write JSON, markdown and a PNG."""
-    _quiet_libraries()
+    _encoding_process()
 
     def action():
         from .evaluate import run_evaluation, select_tasks
@@ -414,7 +423,7 @@ def serve(
     http_nice: int = typer.Option(10, "--http-nice", min=0, max=19, help="with --model-process: how much the HTTP process lowers its own CPU priority below the model's, so that under a burst the model keeps its speed and admission keeps admitting (0: equal)"),
 ):
     """Serve embeddings over HTTP, compatible with the OpenAI embeddings API (POST /v1/embeddings)."""
-    _quiet_libraries()
+    _encoding_process()
 
     def action():
         from .encoder import Encoder
@@ -462,7 +471,7 @@ def embed_corpus(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Embed a large file into resumable shards. Rerun the same command to resume; run under torchrun to scale out."""
-    _quiet_libraries()
+    _encoding_process()
 
     def action():
         from .corpus import CorpusJob
@@ -493,7 +502,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ):
     """Exact cosine top-k over an embed-corpus folder, for a quick look."""
-    _quiet_libraries()
+    _encoding_process()
 
     def action():
         from .corpus import search as run_search
