@@ -93,9 +93,9 @@ def convert(path: str | Path, show_progress: bool = True, log=print, time_limit:
     what the ones before it left; see :func:`train`): the run stops with :class:`TimeLimitReached` at a checkpoint,
     and calling again resumes it. The final evaluation is not limited."""
     from ..fileio import atomic_dir
+    from .data import load_texts, load_triples
 
     deadline = None if time_limit is None else time.monotonic() + time_limit
-    from .data import load_texts, load_triples
 
     plan = load_convert_config(path)
     output: Path = plan["output"]

@@ -439,8 +439,9 @@ def train(config: TrainConfig, show_progress: bool = True, log=print, on_step_en
     (names or ``GeneralTracker`` objects) to the config's. ``time_limit``: seconds this call may take, counted from
     its start (loading included): after a step, if the next one (timed by the slowest of the last five, with a fifth
     more), a dev evaluation due after it and a checkpoint would not end in time (:func:`room_for_another_step`),
-    the run checkpoints and raises :class:`TimeLimitReached`; calling again with the same config resumes it. At least one step runs per call, so a limit shorter than load plus one step still
-    makes progress (and is exceeded by that much)."""
+    the run checkpoints and raises :class:`TimeLimitReached`; calling again with the same config resumes it. At
+    least one step runs per call, so a limit shorter than load plus one step still makes progress (and is exceeded
+    by that much)."""
     called = time.monotonic()
     if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
                                    or not math.isfinite(time_limit) or time_limit < 0):
