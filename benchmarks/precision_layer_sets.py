@@ -48,19 +48,9 @@ def real(model: str, sets: list[set[int]]) -> None:
         encoder = Encoder.from_pretrained(model, dtype="float32", merge_adapters=True)
         mixed._register_float32_attention()
         mixed._set_attention_implementation(encoder.model, mixed.FLOAT32_ATTENTION)
-        layers = decoder_layers(encoder.model)
-        encoder.precision = mixed.MixedPrecision(float32_layers=0, layers=len(layers), device_type="cpu")
-        for index, layer in enumerate(layers):
-            if index in float32_layers:  # as mixed's _install does for its prefix
-                def forward(*args, _original=layer.forward, **kwargs):
-                    with torch.autocast("cpu", enabled=False):
-                        return _original(*(mixed._to_float32(a) for a in args),
-                                         **{k: mixed._to_float32(v) for k, v in kwargs.items()})
-                layer.forward = forward
-            else:  # as _store_bfloat16 does after the split
-                for module in layer.modules():
-                    if isinstance(module, torch.nn.Linear):
-                        module.weight.data = module.weight.data.to(torch.bfloat16)
+        encoder.precision = mixed.MixedPrecision(float32_layers=0, layers=len(decoder_layers(encoder.model)), device_type="cpu")
+        mixed._install(encoder.model, float32_layers)  # mixed's own set-up, with a set of layers for its split
+        mixed._store_bfloat16(encoder.model, float32_layers)
         encoder.embed_tokenized(tokenized[:32], batch_size=32)
         began = time.perf_counter()
         vectors = encoder.embed_tokenized(tokenized, batch_size=32)

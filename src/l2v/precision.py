@@ -146,13 +146,19 @@ class MixedPrecision:
                 + (f"; calibration min cosine to float32 {self.calibration_cosine:.5f}" if self.calibration_cosine else ""))
 
 
-def _install(model: torch.nn.Module, float32_layers: int) -> None:
-    """Layers below ``float32_layers`` run with autocast off (float32 inputs); the others under the caller's
-    autocast. Re-installable with another split (the weights are not touched here)."""
+def _in_float32(index: int, float32_layers) -> bool:
+    """Whether layer ``index`` runs in float32: ``float32_layers`` is mixed's split (the layers below it) or a set
+    of layer indices (benchmarks/precision_layer_sets.py tries other sets)."""
+    return index < float32_layers if isinstance(float32_layers, int) else index in float32_layers
+
+
+def _install(model: torch.nn.Module, float32_layers) -> None:
+    """Layers below ``float32_layers`` (or in it, a set) run with autocast off (float32 inputs); the others under the
+    caller's autocast. Re-installable with another split (the weights are not touched here)."""
     for index, layer in enumerate(decoder_layers(model)):
         if "forward" in layer.__dict__:  # an earlier split's wrapper
             del layer.forward
-        if index < float32_layers:
+        if _in_float32(index, float32_layers):
             original = layer.forward
 
             def forward(*args, _original=original, **kwargs):
@@ -179,11 +185,11 @@ def _to_float32(value):
     return value
 
 
-def _store_bfloat16(model: torch.nn.Module, float32_layers: int) -> None:
+def _store_bfloat16(model: torch.nn.Module, float32_layers) -> None:
     """The linear weights of the bfloat16 layers stored in bfloat16 (the products autocast would make from them
     are the same; storing them saves the cast at every batch and half their memory). Norm weights stay float32."""
     for index, layer in enumerate(decoder_layers(model)):
-        if index < float32_layers:
+        if _in_float32(index, float32_layers):
             continue
         for module in layer.modules():
             if isinstance(module, torch.nn.Linear):
